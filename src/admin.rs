@@ -1,0 +1,57 @@
+//! The admin listener: probes and cache purge.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+
+use crate::domain::{Action, MnpId, PackageKey, PlatformId};
+use crate::error::GatewayError;
+use crate::front::{json_response, probe, AppState, GatewayResponse};
+
+/// Answers one request on the admin listener.
+pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> GatewayResponse {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if let Some((response, _)) = probe(&state, &method, &path) {
+        return response;
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let outcome = match (&method, &segments[..]) {
+        (&Method::DELETE, ["", "admin", "cache"]) => Ok(state.resolver.purge_all().await),
+        (&Method::DELETE, ["", "admin", "cache", action, platform, mnp]) => {
+            purge_one(&state, action, platform, mnp).await
+        }
+        _ => Err(GatewayError::NotFound(format!(
+            "no admin route {method} {}",
+            crate::domain::truncate_for_message(&path)
+        ))),
+    };
+    let (status, body) = match outcome {
+        Ok(purged) => {
+            tracing::info!(%path, purged, "cache purge");
+            (StatusCode::OK, serde_json::json!({ "purged": purged }))
+        }
+        Err(e) => (
+            e.rest_status(),
+            serde_json::json!({"error": {"code": e.tc_code(), "message": e.message()}}),
+        ),
+    };
+    json_response(status, Bytes::from(body.to_string()))
+}
+
+async fn purge_one(
+    state: &AppState,
+    action: &str,
+    platform: &str,
+    mnp: &str,
+) -> Result<u64, GatewayError> {
+    let action = Action::from_tc_name(action)
+        .or_else(|e| Action::from_rest_segment(action).ok_or(e))?;
+    let key = PackageKey {
+        action,
+        platform_id: PlatformId::parse(platform)?,
+        mnp_id: MnpId::parse(mnp)?,
+    };
+    Ok(u64::from(state.resolver.evict(&key).await))
+}

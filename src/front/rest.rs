@@ -1,0 +1,103 @@
+//! The plain REST shape: `GET /v1/platforms/{PlatformId}/{mini-programs|mini-games}/{MNPId}/offline-package-url`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AGE, ALLOW, CACHE_CONTROL, RETRY_AFTER};
+use http::{Method, Request, StatusCode};
+
+use super::{client_region, json_response, wants_revalidation, AppState, GatewayResponse, RequestLog};
+use crate::domain::{Action, MnpId, PackageKey, PlatformId};
+use crate::error::GatewayError;
+use crate::resolver::Lookup;
+
+/// Handles every path other than `/` and the probes.
+pub async fn handle<B>(
+    state: &Arc<AppState>,
+    request: Request<B>,
+    request_id: &Arc<str>,
+) -> (GatewayResponse, RequestLog) {
+    let mut log = RequestLog::new("rest");
+    let lookup = match parse(&request, request_id, state, &mut log) {
+        Ok(lookup) => lookup,
+        Err(e) => return (error_response(&e, &mut log), log),
+    };
+    let resolution = state.resolver.resolve(lookup).await;
+    log.cache = Some(resolution.cache);
+    let response = match resolution.outcome {
+        Ok(served) => {
+            let now = Instant::now();
+            let mut body = Vec::with_capacity(served.url.url_json.len() + 8);
+            body.extend_from_slice(br#"{"url":"#);
+            body.extend_from_slice(&served.url.url_json);
+            body.push(b'}');
+            let mut response = json_response(StatusCode::OK, Bytes::from(body));
+            let headers = response.headers_mut();
+            let max_age = format!("max-age={}", served.url.fresh_secs_left(now));
+            if let Ok(value) = HeaderValue::from_str(&max_age) {
+                headers.insert(CACHE_CONTROL, value);
+            }
+            headers.insert(AGE, HeaderValue::from(served.url.age_secs(now)));
+            response
+        }
+        Err(e) => error_response(&e, &mut log),
+    };
+    (response, log)
+}
+
+fn parse<B>(
+    request: &Request<B>,
+    request_id: &Arc<str>,
+    state: &AppState,
+    log: &mut RequestLog,
+) -> Result<Lookup, GatewayError> {
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    let ["", "v1", "platforms", platform, kind, mnp, "offline-package-url"] = segments[..] else {
+        return Err(GatewayError::NotFound(format!(
+            "no route for {}; see /v1/platforms/{{PlatformId}}/mini-programs/{{MNPId}}/offline-package-url",
+            crate::domain::truncate_for_message(request.uri().path())
+        )));
+    };
+    let action = Action::from_rest_segment(kind).ok_or_else(|| {
+        GatewayError::NotFound("the kind must be mini-programs or mini-games".to_owned())
+    })?;
+    log.action = Some(action);
+    if request.method() != Method::GET {
+        return Err(GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed here; use GET",
+            request.method()
+        )));
+    }
+    let key = PackageKey {
+        action,
+        platform_id: PlatformId::parse(platform)?,
+        mnp_id: MnpId::parse(mnp)?,
+    };
+    log.key = Some(key.clone());
+    Ok(Lookup {
+        key,
+        region: client_region(request)?,
+        revalidate: wants_revalidation(request),
+        deadline: tokio::time::Instant::now() + state.settings.server.request_timeout(),
+        request_id: Arc::clone(request_id),
+    })
+}
+
+/// `{"error":{"code":...,"message":...}}` with the status the error maps to.
+fn error_response(e: &GatewayError, log: &mut RequestLog) -> GatewayResponse {
+    log.outcome = e.tc_code().to_owned();
+    let body = serde_json::json!({"error": {"code": e.tc_code(), "message": e.message()}});
+    let mut response = json_response(e.rest_status(), Bytes::from(body.to_string()));
+    if let Some(after) = e.retry_after() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    if matches!(e, GatewayError::MethodNotAllowed(_)) {
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+    }
+    response
+}

@@ -1,0 +1,173 @@
+//! The Tencent-Cloud-compatible shape: `POST /` with `X-TC-Action`, answered in upstream's envelope.
+//!
+//! The client's `Authorization`, `X-TC-Timestamp` and `X-TC-Token` are never
+//! read: the gateway signs every upstream call with its own credentials.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use hyper::body::Body;
+use serde_json::Value;
+
+use super::{client_region, json_response, push_json_string, read_body, wants_revalidation, GatewayResponse, RequestLog};
+use crate::domain::{Action, MnpId, PackageKey, PlatformId};
+use crate::error::GatewayError;
+use crate::resolver::{CacheStatus, Lookup};
+use super::AppState;
+
+/// Handles `POST /`.
+pub async fn handle<B>(
+    state: &Arc<AppState>,
+    request: Request<B>,
+    request_id: &Arc<str>,
+) -> (GatewayResponse, RequestLog)
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut log = RequestLog::new("tc");
+    let deadline = tokio::time::Instant::now() + state.settings.server.request_timeout();
+    let lookup = match parse(state, request, request_id, deadline, &mut log).await {
+        Ok(lookup) => lookup,
+        Err(e) => return (error_response(&e, request_id, &mut log), log),
+    };
+    let resolution = state.resolver.resolve(lookup).await;
+    log.cache = Some(resolution.cache);
+    let response = match resolution.outcome {
+        Ok(served) => {
+            let answer_id = served.upstream_request_id.as_deref().unwrap_or(request_id);
+            json_response(StatusCode::OK, url_body(&served.url.url_json, answer_id))
+        }
+        Err(e) => {
+            let answer_id = e
+                .upstream_request_id()
+                .filter(|_| resolution.cache == CacheStatus::Miss && !resolution.coalesced)
+                .unwrap_or(request_id);
+            error_response(&e, answer_id, &mut log)
+        }
+    };
+    (response, log)
+}
+
+/// Parses method, action, region and body into a lookup; nothing invalid gets past.
+async fn parse<B>(
+    state: &AppState,
+    request: Request<B>,
+    request_id: &Arc<str>,
+    deadline: tokio::time::Instant,
+    log: &mut RequestLog,
+) -> Result<Lookup, GatewayError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if request.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed(
+            "the Tencent Cloud API shape takes POST / with a JSON body".to_owned(),
+        ));
+    }
+    let action_name = request
+        .headers()
+        .get("x-tc-action")
+        .ok_or(GatewayError::MissingParameter("X-TC-Action"))?
+        .to_str()
+        .map_err(|_| GatewayError::InvalidAction("X-TC-Action is not ASCII".to_owned()))?;
+    let action = Action::from_tc_name(action_name)?;
+    log.action = Some(action);
+    let region = client_region(&request)?;
+    let revalidate = wants_revalidation(&request);
+    let body = read_body(request, state.settings.server.max_body_bytes).await?;
+    let (platform_id, mnp_id) = parse_body(&body)?;
+    let key = PackageKey {
+        action,
+        platform_id,
+        mnp_id,
+    };
+    log.key = Some(key.clone());
+    Ok(Lookup {
+        key,
+        region,
+        revalidate,
+        deadline,
+        request_id: Arc::clone(request_id),
+    })
+}
+
+/// Parses `{"MNPId": "...", "PlatformId": "..."}`.
+pub fn parse_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::InvalidParameter(format!("request body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(fields) = value else {
+        return Err(GatewayError::InvalidParameter(
+            "request body must be a JSON object".to_owned(),
+        ));
+    };
+    let text = |name: &'static str| match fields.get(name) {
+        None | Some(Value::Null) => Err(GatewayError::MissingParameter(name)),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(GatewayError::InvalidParameter(format!("{name} must be a string"))),
+    };
+    let platform_id = PlatformId::parse(text(PlatformId::PARAM)?)?;
+    let mnp_id = MnpId::parse(text(MnpId::PARAM)?)?;
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| *k != PlatformId::PARAM && *k != MnpId::PARAM)
+    {
+        return Err(GatewayError::UnknownParameter(
+            crate::domain::truncate_for_message(unknown),
+        ));
+    }
+    Ok((platform_id, mnp_id))
+}
+
+/// `{"Response":{"Data":{"Data":<url>},"RequestId":<id>}}` from the pre-rendered URL.
+pub fn url_body(url_json: &[u8], request_id: &str) -> Bytes {
+    const HEAD: &[u8] = br#"{"Response":{"Data":{"Data":"#;
+    const MID: &[u8] = br#"},"RequestId":"#;
+    let mut body = Vec::with_capacity(HEAD.len() + url_json.len() + MID.len() + request_id.len() + 8);
+    body.extend_from_slice(HEAD);
+    body.extend_from_slice(url_json);
+    body.extend_from_slice(MID);
+    push_json_string(&mut body, request_id);
+    body.extend_from_slice(b"}}");
+    Bytes::from(body)
+}
+
+/// An error in the envelope: HTTP 200, `Response.Error.{Code,Message}`.
+fn error_response(e: &GatewayError, request_id: &str, log: &mut RequestLog) -> GatewayResponse {
+    log.outcome = e.tc_code().to_owned();
+    let body = serde_json::json!({
+        "Response": {
+            "Error": {"Code": e.tc_code(), "Message": e.message()},
+            "RequestId": request_id,
+        }
+    });
+    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_parsing_names_the_bad_parameter() {
+        let err = |b: &str| parse_body(b.as_bytes()).unwrap_err().tc_code().to_owned();
+        assert_eq!(err(r#"{"MNPId":"m"}"#), "MissingParameter");
+        assert_eq!(err(r#"{"MNPId":"m","PlatformId":""}"#), "MissingParameter");
+        assert_eq!(err(r#"{"MNPId":1,"PlatformId":"p"}"#), "InvalidParameter");
+        assert_eq!(err(r#"{"MNPId":"m","PlatformId":"p","X":1}"#), "UnknownParameter");
+        assert_eq!(err("{"), "InvalidParameter");
+        assert_eq!(err("[]"), "InvalidParameter");
+        assert!(parse_body(br#"{"MNPId":"m","PlatformId":"p"}"#).is_ok());
+    }
+
+    #[test]
+    fn url_body_is_the_upstream_envelope() {
+        let body = url_body(br#""https://x/a?b=1&c=2""#, "rid-1");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["Response"]["Data"]["Data"], "https://x/a?b=1&c=2");
+        assert_eq!(v["Response"]["RequestId"], "rid-1");
+    }
+}

@@ -1,0 +1,158 @@
+//! The `tcsas-gateway` binary: `run` (default), `demo` and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tcsas_gateway::credentials::{CredentialStore, Credentials};
+use tcsas_gateway::settings::{Secret, Settings};
+use tcsas_gateway::simulated_upstream::{SimulatedUpstream, SimulatorConfig};
+use tcsas_gateway::{telemetry, App};
+
+/// Caching, coalescing, rate-limited signing gateway for Tencent Cloud TCSAS
+/// offline-package URLs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML settings file layered over the built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Run the gateway with a built-in simulated TCSAS upstream and print curl lines.
+    Demo,
+    /// Validate the settings and credentials and print the effective settings.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("tcsas-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let demo = matches!(cli.command, Some(Command::Demo));
+    let credentials = if demo {
+        let sim = SimulatorConfig::default();
+        Credentials {
+            secret_id: sim.secret_id,
+            secret_key: Secret::new(sim.secret_key),
+            token: None,
+        }
+    } else {
+        match Credentials::from_env(|name| std::env::var(name).ok()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tcsas-gateway: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        print!("{}", settings.to_toml());
+        println!(
+            "# credentials: secret_id = {:?}, secret_key = {}, session token {}",
+            credentials.secret_id,
+            credentials.secret_key,
+            if credentials.token.is_some() { "set" } else { "not set" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tcsas-gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings, credentials, demo)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcsas-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut settings: Settings, credentials: Credentials, demo: bool) -> anyhow::Result<()> {
+    let simulator = if demo {
+        let sim = SimulatedUpstream::start(SimulatorConfig::default())
+            .await
+            .context("cannot start the simulated upstream")?;
+        settings.upstream.endpoint = sim.endpoint();
+        Some(sim)
+    } else {
+        None
+    };
+    let app = App::build(settings, Arc::new(CredentialStore::with(credentials))).await?;
+    let front = app.local_addr();
+    let admin = app.admin_addr();
+    tracing::info!(%front, %admin, "tcsas-gateway listening");
+    if let Some(sim) = &simulator {
+        print_demo_help(front, &sim.endpoint());
+    }
+    tcsas_gateway::run(app, shutdown_signal()).await;
+    drop(simulator);
+    Ok(())
+}
+
+fn print_demo_help(front: std::net::SocketAddr, upstream: &str) {
+    println!(
+        r#"
+tcsas-gateway demo: gateway on http://{front}, simulated TCSAS upstream on {upstream}
+
+REST shape (run twice: the second answer is X-Cache: HIT):
+  curl -i http://{front}/v1/platforms/T04257DS9431720WTAG/mini-programs/mpjl3td541qppx9k/offline-package-url
+
+Tencent-Cloud-compatible shape (unsigned; the gateway signs):
+  curl -i http://{front}/ -H 'X-TC-Action: DescribeMNPOfflinePackageURL' -H 'Content-Type: application/json' -d '{{"MNPId":"mpjl3td541qppx9k","PlatformId":"T04257DS9431720WTAG"}}'
+
+Mini game:
+  curl -i http://{front}/v1/platforms/T04257DS9431720WTAG/mini-games/mg_game-01/offline-package-url
+
+Force a revalidation upstream:
+  curl -i -H 'Cache-Control: no-cache' http://{front}/v1/platforms/T04257DS9431720WTAG/mini-programs/mpjl3td541qppx9k/offline-package-url
+
+Bad input never reaches upstream:
+  curl -i http://{front}/v1/platforms/bad%20id/mini-programs/x/offline-package-url
+
+Probes: curl http://{front}/readyz    Stop: Ctrl-C
+"#
+    );
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,453 @@
+//! A stand-in for the TCSAS API, used by `demo` and the tests: it checks TC3
+//! signatures, enforces the per-action rate limit as calls arrive, serves
+//! presigned-style URLs, and counts everything it sees.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::upstream::signer::{self, SigningInput};
+use crate::upstream::unix_now_secs;
+
+/// The SecretId the demo and the tests sign with.
+pub const DEMO_SECRET_ID: &str = "AKIDsimulatedDEMOKEY0000000000000000";
+/// The SecretKey the demo and the tests sign with.
+pub const DEMO_SECRET_KEY: &str = "simulated-demo-secret-key-0000000";
+
+/// How the simulator is set up.
+#[derive(Clone, Debug)]
+pub struct SimulatorConfig {
+    /// The only SecretId it accepts.
+    pub secret_id: String,
+    /// The SecretKey it verifies signatures with.
+    pub secret_key: String,
+    /// When set, `X-TC-Token` must equal it.
+    pub token: Option<String>,
+    /// Calls per action it accepts in any one-second window of arrivals.
+    pub rate_limit_per_sec: usize,
+    /// Validity window of the URLs it serves (`q-sign-time`).
+    pub url_window_secs: u64,
+    /// Service name expected in the credential scope.
+    pub service: String,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            secret_id: DEMO_SECRET_ID.to_owned(),
+            secret_key: DEMO_SECRET_KEY.to_owned(),
+            token: None,
+            rate_limit_per_sec: 20,
+            url_window_secs: 600,
+            service: "tcsas".to_owned(),
+        }
+    }
+}
+
+/// What the simulator answers for one (PlatformId, MNPId).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SimAnswer {
+    /// A fresh presigned URL.
+    #[default]
+    Url,
+    /// `FailedOperation.MNPOnlineVersionNotExist`.
+    NotExist,
+    /// `FailedOperation.PackageAlreadyExpired`.
+    Expired,
+}
+
+/// Per-key behaviour.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyBehaviour {
+    /// What to answer.
+    pub answer: SimAnswer,
+    /// Extra delay before answering.
+    pub latency: Duration,
+    /// URL validity window for this key, instead of the default.
+    pub url_window_secs: Option<u64>,
+}
+
+/// One call the simulator received.
+#[derive(Clone, Debug)]
+pub struct SeenCall {
+    /// When it arrived.
+    pub arrived: Instant,
+    /// `X-TC-Action`.
+    pub action: String,
+    /// `PlatformId` from the body.
+    pub platform_id: String,
+    /// `MNPId` from the body.
+    pub mnp_id: String,
+    /// The SecretId in `Authorization`.
+    pub secret_id: String,
+    /// `X-TC-Timestamp`.
+    pub timestamp: i64,
+    /// `X-TC-Token`.
+    pub token: Option<String>,
+    /// `X-TC-Region`.
+    pub region: Option<String>,
+    /// `X-TC-TraceId`.
+    pub trace_id: Option<String>,
+    /// Every header, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// `ok` or the error code answered.
+    pub outcome: String,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    calls: Vec<SeenCall>,
+    keys: HashMap<(String, String), KeyBehaviour>,
+    served_versions: HashMap<(String, String), u64>,
+    latency: Duration,
+}
+
+/// A running simulator on a loopback port.
+#[derive(Debug)]
+pub struct SimulatedUpstream {
+    addr: SocketAddr,
+    config: Arc<SimulatorConfig>,
+    state: Arc<Mutex<SimState>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SimulatedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SimulatedUpstream {
+    /// Starts on `127.0.0.1` on a free port.
+    pub async fn start(config: SimulatorConfig) -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, config: SimulatorConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let config = Arc::new(config);
+        let state = Arc::new(Mutex::new(SimState::default()));
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&config), Arc::clone(&state)));
+        Ok(SimulatedUpstream {
+            addr,
+            config,
+            state,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `upstream.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SimulatorConfig {
+        &self.config
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets what it answers for one (PlatformId, MNPId), for both actions.
+    pub fn set_key(&self, platform_id: &str, mnp_id: &str, behaviour: KeyBehaviour) {
+        self.state()
+            .keys
+            .insert((platform_id.to_owned(), mnp_id.to_owned()), behaviour);
+    }
+
+    /// Delay added to every answer (on top of a key's own latency).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    /// Every call received so far.
+    pub fn calls(&self) -> Vec<SeenCall> {
+        self.state().calls.clone()
+    }
+
+    /// Calls received so far for one (PlatformId, MNPId), both actions.
+    pub fn calls_for(&self, platform_id: &str, mnp_id: &str) -> usize {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.platform_id == platform_id && c.mnp_id == mnp_id)
+            .count()
+    }
+
+    /// All calls received so far.
+    pub fn total_calls(&self) -> usize {
+        self.state().calls.len()
+    }
+
+    /// The most calls of `action` that arrived within any one-second window.
+    pub fn max_calls_in_any_second(&self, action: &str) -> usize {
+        let arrivals: Vec<Instant> = self
+            .state()
+            .calls
+            .iter()
+            .filter(|c| c.action == action)
+            .map(|c| c.arrived)
+            .collect();
+        max_in_window(&arrivals, Duration::from_secs(1))
+    }
+}
+
+/// Most entries of the sorted `arrivals` inside any half-open window of `width`.
+fn max_in_window(arrivals: &[Instant], width: Duration) -> usize {
+    let mut best = 0;
+    let mut start = 0;
+    for (end, t) in arrivals.iter().enumerate() {
+        while *t - arrivals[start] >= width {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+async fn accept_loop(listener: TcpListener, config: Arc<SimulatorConfig>, state: Arc<Mutex<SimState>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let config = Arc::clone(&config);
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let config = Arc::clone(&config);
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(answer(&config, &state, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn envelope(response: Value) -> Response<Full<Bytes>> {
+    let mut response_body = response;
+    response_body["RequestId"] = json!(uuid::Uuid::new_v4().to_string());
+    let mut reply = Response::new(Full::new(Bytes::from(
+        json!({ "Response": response_body }).to_string(),
+    )));
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+fn api_error(code: &str, message: &str) -> Response<Full<Bytes>> {
+    envelope(json!({"Error": {"Code": code, "Message": message}}))
+}
+
+async fn answer(
+    config: &SimulatorConfig,
+    state: &Mutex<SimState>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let arrived_early = Instant::now();
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let Ok(body) = Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"body too large")));
+        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        return r;
+    };
+    let fields: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("").to_owned();
+    let action = header("x-tc-action").unwrap_or_default();
+    let authorization = header("authorization").unwrap_or_default();
+    let mut call = SeenCall {
+        arrived: arrived_early,
+        action: action.clone(),
+        platform_id: text("PlatformId"),
+        mnp_id: text("MNPId"),
+        secret_id: credential_of(&authorization).unwrap_or_default().to_owned(),
+        timestamp: header("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0),
+        token: header("x-tc-token"),
+        region: header("x-tc-region"),
+        trace_id: header("x-tc-traceid"),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        outcome: String::new(),
+    };
+    let key = (call.platform_id.clone(), call.mnp_id.clone());
+    let (verdict, behaviour, latency, version) = {
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        // Arrival is stamped under the lock so the record stays in order.
+        call.arrived = Instant::now();
+        let recent = state
+            .calls
+            .iter()
+            .rev()
+            .take_while(|c| call.arrived - c.arrived < Duration::from_secs(1))
+            .filter(|c| c.action == action)
+            .count();
+        let verdict = check(config, &parts, &body, &call, recent);
+        let behaviour = state.keys.get(&key).copied().unwrap_or_default();
+        let latency = state.latency + behaviour.latency;
+        let mut version = 0;
+        if verdict.is_ok() && behaviour.answer == SimAnswer::Url {
+            let v = state.served_versions.entry(key.clone()).or_insert(0);
+            *v += 1;
+            version = *v;
+        }
+        call.outcome = match (&verdict, behaviour.answer) {
+            (Err((code, _)), _) => code.to_string(),
+            (Ok(()), SimAnswer::Url) => "ok".to_owned(),
+            (Ok(()), SimAnswer::NotExist) => "FailedOperation.MNPOnlineVersionNotExist".to_owned(),
+            (Ok(()), SimAnswer::Expired) => "FailedOperation.PackageAlreadyExpired".to_owned(),
+        };
+        state.calls.push(call.clone());
+        (verdict, behaviour, latency, version)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Err((code, message)) = verdict {
+        return api_error(code, &message);
+    }
+    match behaviour.answer {
+        SimAnswer::NotExist => api_error(
+            "FailedOperation.MNPOnlineVersionNotExist",
+            "The mini program has no online version.",
+        ),
+        SimAnswer::Expired => api_error(
+            "FailedOperation.PackageAlreadyExpired",
+            "The offline package has expired.",
+        ),
+        SimAnswer::Url => {
+            let window = behaviour.url_window_secs.unwrap_or(config.url_window_secs);
+            let url = package_url(&action, &call.platform_id, &call.mnp_id, version, window);
+            envelope(json!({"Data": {"Data": url}}))
+        }
+    }
+}
+
+/// A COS-style presigned URL valid from now for `window_secs`.
+fn package_url(action: &str, platform_id: &str, mnp_id: &str, version: u64, window_secs: u64) -> String {
+    let start = unix_now_secs();
+    let end = start + window_secs as i64;
+    let kind = if action == "DescribeMNGOfflinePackageURL" { "mng" } else { "mnp" };
+    let path = format!("/{platform_id}/{kind}/{mnp_id}/v{version}.zip");
+    let signature = hex::encode(&Sha256::digest(format!("{path}{start}{end}").as_bytes())[..20]);
+    format!(
+        "https://tcsas-pkg-1250000000.cos.ap-singapore.myqcloud.com{path}?q-sign-algorithm=sha1&q-ak=AKIDsimulatedCOS&q-sign-time={start};{end}&q-key-time={start};{end}&q-header-list=host&q-url-param-list=&q-signature={signature}"
+    )
+}
+
+fn credential_of(authorization: &str) -> Option<&str> {
+    authorization
+        .split_once("Credential=")?
+        .1
+        .split('/')
+        .next()
+}
+
+type Verdict = Result<(), (&'static str, String)>;
+
+/// What Tencent Cloud checks, in its order: headers, action, credentials,
+/// timestamp, signature, rate limit, parameters.
+fn check(
+    config: &SimulatorConfig,
+    parts: &http::request::Parts,
+    body: &[u8],
+    call: &SeenCall,
+    recent_same_action: usize,
+) -> Verdict {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let fail = |code: &'static str, message: &str| Err((code, message.to_owned()));
+    if parts.method != http::Method::POST {
+        return fail("UnsupportedProtocol", "only POST is simulated");
+    }
+    if !matches!(
+        call.action.as_str(),
+        "DescribeMNPOfflinePackageURL" | "DescribeMNGOfflinePackageURL"
+    ) {
+        return fail("InvalidAction", "The action does not exist.");
+    }
+    if header("x-tc-version") != Some("2025-01-06") {
+        return fail("NoSuchVersion", "The API version does not exist.");
+    }
+    let Some(authorization) = header("authorization") else {
+        return fail("AuthFailure.SignatureFailure", "Authorization is missing.");
+    };
+    if call.secret_id != config.secret_id {
+        return fail("AuthFailure.SecretIdNotFound", "The SecretId is not found.");
+    }
+    if (unix_now_secs() - call.timestamp).abs() > 300 {
+        return fail(
+            "AuthFailure.SignatureExpire",
+            "The signature expired: the timestamp is more than 5 minutes off.",
+        );
+    }
+    if config.token.is_some() && call.token != config.token {
+        return fail("AuthFailure.TokenFailure", "The token is invalid.");
+    }
+    let expected = signer::authorization(&SigningInput {
+        secret_id: &config.secret_id,
+        secret_key: &config.secret_key,
+        service: &config.service,
+        host: header("host").unwrap_or(""),
+        content_type: header("content-type").unwrap_or(""),
+        timestamp: call.timestamp,
+        body,
+    });
+    if authorization != expected {
+        return fail("AuthFailure.SignatureFailure", "The signature does not match.");
+    }
+    if recent_same_action >= config.rate_limit_per_sec {
+        return fail(
+            "RequestLimitExceeded",
+            "The request frequency exceeds the limit of the action.",
+        );
+    }
+    if call.platform_id.is_empty() || call.mnp_id.is_empty() {
+        return fail("MissingParameter", "PlatformId and MNPId are required.");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_count_is_half_open() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let arrivals = [at(0), at(100), at(999), at(1000), at(1500)];
+        assert_eq!(max_in_window(&arrivals, Duration::from_secs(1)), 3);
+        assert_eq!(max_in_window(&[], Duration::from_secs(1)), 0);
+    }
+}
