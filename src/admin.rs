@@ -46,8 +46,8 @@ async fn purge_one(
     platform: &str,
     mnp: &str,
 ) -> Result<u64, GatewayError> {
-    let action = Action::from_tc_name(action)
-        .or_else(|e| Action::from_rest_segment(action).ok_or(e))?;
+    let action =
+        Action::from_tc_name(action).or_else(|e| Action::from_rest_segment(action).ok_or(e))?;
     let key = PackageKey {
         action,
         platform_id: PlatformId::parse(platform)?,

@@ -117,7 +117,9 @@ impl Action {
 
     /// Parses a REST path segment.
     pub fn from_rest_segment(segment: &str) -> Option<Self> {
-        Action::ALL.into_iter().find(|a| a.rest_segment() == segment)
+        Action::ALL
+            .into_iter()
+            .find(|a| a.rest_segment() == segment)
     }
 
     /// A dense index for per-action arrays.

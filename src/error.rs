@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(api(CODE_NOT_EXIST).rest_status(), StatusCode::NOT_FOUND);
         assert_eq!(api(CODE_PACKAGE_EXPIRED).rest_status(), StatusCode::GONE);
         assert_eq!(api("InternalError").rest_status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(api("AuthFailure.SignatureFailure").tc_code(), "AuthFailure.SignatureFailure");
+        assert_eq!(
+            api("AuthFailure.SignatureFailure").tc_code(),
+            "AuthFailure.SignatureFailure"
+        );
     }
 
     #[test]

@@ -217,7 +217,10 @@ where
     if declared.is_some_and(|len| len > limit_bytes as u64) {
         return Err(GatewayError::BodyTooLarge { limit_bytes });
     }
-    match Limited::new(request.into_body(), limit_bytes).collect().await {
+    match Limited::new(request.into_body(), limit_bytes)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::BodyTooLarge { limit_bytes })

@@ -74,7 +74,7 @@ impl App {
             &settings.upstream,
             Arc::clone(&credentials),
         )?);
-        let resolver = Arc::new(Resolver::new(&settings.cache, upstream));
+        let resolver = Arc::new(Resolver::new(&settings, upstream));
         let state = Arc::new(AppState {
             resolver,
             settings: Arc::new(settings),

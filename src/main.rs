@@ -66,12 +66,19 @@ fn main() -> ExitCode {
             "# credentials: secret_id = {:?}, secret_key = {}, session token {}",
             credentials.secret_id,
             credentials.secret_key,
-            if credentials.token.is_some() { "set" } else { "not set" }
+            if credentials.token.is_some() {
+                "set"
+            } else {
+                "not set"
+            }
         );
         return ExitCode::SUCCESS;
     }
     telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tcsas-gateway: cannot start the async runtime: {e}");
@@ -139,15 +146,16 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {},
             _ = terminate.recv() => {},

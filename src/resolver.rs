@@ -3,6 +3,7 @@
 pub mod url_expiry;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use moka::Expiry;
 
 use crate::domain::{PackageKey, Region};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
-use crate::settings::CacheSettings;
+use crate::settings::Settings;
+use crate::upstream::rate_budget::HOLD_AFTER_ANSWER;
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
 
 /// A package URL ready to be served.
@@ -127,6 +129,15 @@ pub struct Lookup {
 type FetchResult = Result<Served, GatewayError>;
 type SharedFetch = Shared<BoxFuture<'static, FetchResult>>;
 
+/// One upstream call in flight, shared by every request for its key.
+#[derive(Clone)]
+struct InflightFetch {
+    result: SharedFetch,
+    /// Set once the call holds a rate slot: a waiter whose deadline passes
+    /// before then was refused by the budget, not by a slow upstream.
+    has_slot: Arc<AtomicBool>,
+}
+
 /// Per-entry expiry: each answer carries its own servable-until instant.
 struct AnswerExpiry;
 
@@ -155,11 +166,12 @@ impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
 /// The cache, the in-flight upstream calls, and the policy that connects them.
 pub struct Resolver {
     cache: Cache<PackageKey, Arc<CachedAnswer>>,
-    inflight: Mutex<HashMap<PackageKey, SharedFetch>>,
+    inflight: Mutex<HashMap<PackageKey, InflightFetch>>,
     upstream: Arc<UpstreamClient>,
     ttl: Duration,
     negative_ttl: Duration,
     expiry_margin: Duration,
+    call_reserve: Duration,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -172,7 +184,12 @@ impl std::fmt::Debug for Resolver {
 
 impl Resolver {
     /// A resolver with an empty cache sized by `settings`.
-    pub fn new(settings: &CacheSettings, upstream: Arc<UpstreamClient>) -> Self {
+    pub fn new(settings: &Settings, upstream: Arc<UpstreamClient>) -> Self {
+        // A slot taken with almost no time left would spend budget on a
+        // call that cannot finish: stop waiting for one a quarter of the
+        // request's time before its deadline (at most one upstream timeout).
+        let call_reserve = (settings.server.request_timeout() / 4).min(upstream.timeout());
+        let settings = &settings.cache;
         Resolver {
             cache: Cache::builder()
                 .max_capacity(settings.max_entries)
@@ -183,6 +200,7 @@ impl Resolver {
             ttl: Duration::from_secs(settings.ttl_secs),
             negative_ttl: Duration::from_secs(settings.negative_ttl_secs),
             expiry_margin: Duration::from_secs(settings.expiry_margin_secs),
+            call_reserve,
         }
     }
 
@@ -205,9 +223,14 @@ impl Resolver {
         let deadline = lookup.deadline;
         let waited_since = tokio::time::Instant::now();
         let (fetch, coalesced) = self.join_or_start(lookup);
-        let outcome = match tokio::time::timeout_at(deadline, fetch).await {
+        let outcome = match tokio::time::timeout_at(deadline, fetch.result).await {
             Ok(result) => result,
             // The shared call goes on for the others and fills the cache.
+            Err(_) if !fetch.has_slot.load(Ordering::Acquire) => {
+                Err(GatewayError::RateBudgetExhausted {
+                    retry_after: HOLD_AFTER_ANSWER,
+                })
+            }
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 timeout_ms: waited_since.elapsed().as_millis() as u64,
             }),
@@ -263,17 +286,19 @@ impl Resolver {
     }
 
     /// Joins the call in flight for this key, or starts one on its own task.
-    fn join_or_start(self: &Arc<Self>, lookup: Lookup) -> (SharedFetch, bool) {
+    fn join_or_start(self: &Arc<Self>, lookup: Lookup) -> (InflightFetch, bool) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fetch) = inflight.get(&lookup.key) {
             return (fetch.clone(), true);
         }
         let key = lookup.key.clone();
         let resolver = Arc::clone(self);
+        let has_slot = Arc::new(AtomicBool::new(false));
+        let slot_flag = Arc::clone(&has_slot);
         // Spawned so a client hanging up cannot cancel the shared upstream call.
         let task = tokio::spawn(async move {
             let key = lookup.key.clone();
-            let result = resolver.fetch_and_store(lookup).await;
+            let result = resolver.fetch_and_store(lookup, &slot_flag).await;
             resolver
                 .inflight
                 .lock()
@@ -283,17 +308,23 @@ impl Resolver {
         });
         let fetch = async move {
             task.await.unwrap_or_else(|e| {
-                Err(GatewayError::Internal(format!("upstream call task failed: {e}")))
+                Err(GatewayError::Internal(format!(
+                    "upstream call task failed: {e}"
+                )))
             })
         }
         .boxed()
         .shared();
+        let fetch = InflightFetch {
+            result: fetch,
+            has_slot,
+        };
         inflight.insert(key, fetch.clone());
         (fetch, false)
     }
 
     /// The body of a shared upstream call: fetch, then cache or evict.
-    async fn fetch_and_store(&self, lookup: Lookup) -> FetchResult {
+    async fn fetch_and_store(&self, lookup: Lookup, has_slot: &AtomicBool) -> FetchResult {
         if !lookup.revalidate {
             // A call that finished between this request's cache miss and its
             // joining may have just filled the cache: no second upstream call.
@@ -305,9 +336,21 @@ impl Resolver {
             .region
             .as_ref()
             .unwrap_or_else(|| self.upstream.default_region());
+        let slot = self
+            .upstream
+            .budget(lookup.key.action)
+            .acquire_until(lookup.deadline - self.call_reserve)
+            .await?;
+        has_slot.store(true, Ordering::Release);
         let result = self
             .upstream
-            .fetch(&lookup.key, region, &lookup.request_id, lookup.deadline)
+            .call(
+                &lookup.key,
+                region,
+                &lookup.request_id,
+                lookup.deadline,
+                slot,
+            )
             .await;
         match result {
             Ok(FetchedUrl { url, request_id }) => {
@@ -324,7 +367,10 @@ impl Resolver {
                     self.cache.invalidate(&lookup.key).await;
                 } else {
                     self.cache
-                        .insert(lookup.key.clone(), Arc::new(CachedAnswer::Url(Arc::clone(&cached))))
+                        .insert(
+                            lookup.key.clone(),
+                            Arc::new(CachedAnswer::Url(Arc::clone(&cached))),
+                        )
                         .await;
                 }
                 Ok(Served {

@@ -356,7 +356,10 @@ mod tests {
     fn defaults_match_the_contract() {
         let s = load(&[]).unwrap();
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.upstream.endpoint, "https://tcsas.intl.tencentcloudapi.com");
+        assert_eq!(
+            s.upstream.endpoint,
+            "https://tcsas.intl.tencentcloudapi.com"
+        );
         assert_eq!(s.upstream.rate_limit_per_sec, 20);
         assert_eq!(s.cache.ttl_secs, 300);
         assert_eq!(s.cache.expiry_margin_secs, 60);

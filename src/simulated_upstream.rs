@@ -143,7 +143,11 @@ impl SimulatedUpstream {
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
         let state = Arc::new(Mutex::new(SimState::default()));
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&config), Arc::clone(&state)));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&config),
+            Arc::clone(&state),
+        ));
         Ok(SimulatedUpstream {
             addr,
             config,
@@ -223,7 +227,11 @@ fn max_in_window(arrivals: &[Instant], width: Duration) -> usize {
     best
 }
 
-async fn accept_loop(listener: TcpListener, config: Arc<SimulatorConfig>, state: Arc<Mutex<SimState>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<SimulatorConfig>,
+    state: Arc<Mutex<SimState>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -275,13 +283,23 @@ async fn answer(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let Ok(body) = Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+    let Ok(body) = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+    else {
         let mut r = Response::new(Full::new(Bytes::from_static(b"body too large")));
         *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
         return r;
     };
     let fields: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("").to_owned();
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     let action = header("x-tc-action").unwrap_or_default();
     let authorization = header("authorization").unwrap_or_default();
     let mut call = SeenCall {
@@ -290,7 +308,9 @@ async fn answer(
         platform_id: text("PlatformId"),
         mnp_id: text("MNPId"),
         secret_id: credential_of(&authorization).unwrap_or_default().to_owned(),
-        timestamp: header("x-tc-timestamp").and_then(|t| t.parse().ok()).unwrap_or(0),
+        timestamp: header("x-tc-timestamp")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
         token: header("x-tc-token"),
         region: header("x-tc-region"),
         trace_id: header("x-tc-traceid"),
@@ -355,10 +375,20 @@ async fn answer(
 }
 
 /// A COS-style presigned URL valid from now for `window_secs`.
-fn package_url(action: &str, platform_id: &str, mnp_id: &str, version: u64, window_secs: u64) -> String {
+fn package_url(
+    action: &str,
+    platform_id: &str,
+    mnp_id: &str,
+    version: u64,
+    window_secs: u64,
+) -> String {
     let start = unix_now_secs();
     let end = start + window_secs as i64;
-    let kind = if action == "DescribeMNGOfflinePackageURL" { "mng" } else { "mnp" };
+    let kind = if action == "DescribeMNGOfflinePackageURL" {
+        "mng"
+    } else {
+        "mnp"
+    };
     let path = format!("/{platform_id}/{kind}/{mnp_id}/v{version}.zip");
     let signature = hex::encode(&Sha256::digest(format!("{path}{start}{end}").as_bytes())[..20]);
     format!(
@@ -367,11 +397,7 @@ fn package_url(action: &str, platform_id: &str, mnp_id: &str, version: u64, wind
 }
 
 fn credential_of(authorization: &str) -> Option<&str> {
-    authorization
-        .split_once("Credential=")?
-        .1
-        .split('/')
-        .next()
+    authorization.split_once("Credential=")?.1.split('/').next()
 }
 
 type Verdict = Result<(), (&'static str, String)>;
@@ -424,7 +450,10 @@ fn check(
         body,
     });
     if authorization != expected {
-        return fail("AuthFailure.SignatureFailure", "The signature does not match.");
+        return fail(
+            "AuthFailure.SignatureFailure",
+            "The signature does not match.",
+        );
     }
     if recent_same_action >= config.rate_limit_per_sec {
         return fail(

@@ -54,7 +54,8 @@ impl UpstreamClient {
             key: "upstream.endpoint".to_owned(),
             problem,
         };
-        let endpoint = reqwest::Url::parse(&settings.endpoint).map_err(|e| bad_endpoint(e.to_string()))?;
+        let endpoint =
+            reqwest::Url::parse(&settings.endpoint).map_err(|e| bad_endpoint(e.to_string()))?;
         let host = match (endpoint.host_str(), endpoint.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_owned(),
@@ -91,21 +92,14 @@ impl UpstreamClient {
         &self.budgets[action.index()]
     }
 
+    /// The timeout of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The region used when the client names none.
     pub fn default_region(&self) -> &Region {
         &self.default_region
-    }
-
-    /// Waits for a rate slot until `deadline`, then makes one signed call.
-    pub async fn fetch(
-        &self,
-        key: &PackageKey,
-        region: &Region,
-        trace_id: &str,
-        deadline: Instant,
-    ) -> Result<FetchedUrl, GatewayError> {
-        let slot = self.budget(key.action).acquire_until(deadline).await?;
-        self.call(key, region, trace_id, deadline, slot).await
     }
 
     /// Makes one signed call holding `slot`, which stays busy until one

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AGE, ALLOW, CACHE_CONTROL, RETRY_AFTER};
 use http::{Method, Request, StatusCode};
 
-use super::{client_region, json_response, wants_revalidation, AppState, GatewayResponse, RequestLog};
+use super::{
+    client_region, json_response, wants_revalidation, AppState, GatewayResponse, RequestLog,
+};
 use crate::domain::{Action, MnpId, PackageKey, PlatformId};
 use crate::error::GatewayError;
 use crate::resolver::Lookup;

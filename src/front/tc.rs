@@ -10,11 +10,14 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Body;
 use serde_json::Value;
 
-use super::{client_region, json_response, push_json_string, read_body, wants_revalidation, GatewayResponse, RequestLog};
+use super::AppState;
+use super::{
+    client_region, json_response, push_json_string, read_body, wants_revalidation, GatewayResponse,
+    RequestLog,
+};
 use crate::domain::{Action, MnpId, PackageKey, PlatformId};
 use crate::error::GatewayError;
 use crate::resolver::{CacheStatus, Lookup};
-use super::AppState;
 
 /// Handles `POST /`.
 pub async fn handle<B>(
@@ -107,7 +110,9 @@ pub fn parse_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
     let text = |name: &'static str| match fields.get(name) {
         None | Some(Value::Null) => Err(GatewayError::MissingParameter(name)),
         Some(Value::String(s)) => Ok(s.as_str()),
-        Some(_) => Err(GatewayError::InvalidParameter(format!("{name} must be a string"))),
+        Some(_) => Err(GatewayError::InvalidParameter(format!(
+            "{name} must be a string"
+        ))),
     };
     let platform_id = PlatformId::parse(text(PlatformId::PARAM)?)?;
     let mnp_id = MnpId::parse(text(MnpId::PARAM)?)?;
@@ -126,7 +131,8 @@ pub fn parse_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
 pub fn url_body(url_json: &[u8], request_id: &str) -> Bytes {
     const HEAD: &[u8] = br#"{"Response":{"Data":{"Data":"#;
     const MID: &[u8] = br#"},"RequestId":"#;
-    let mut body = Vec::with_capacity(HEAD.len() + url_json.len() + MID.len() + request_id.len() + 8);
+    let mut body =
+        Vec::with_capacity(HEAD.len() + url_json.len() + MID.len() + request_id.len() + 8);
     body.extend_from_slice(HEAD);
     body.extend_from_slice(url_json);
     body.extend_from_slice(MID);
@@ -157,7 +163,10 @@ mod tests {
         assert_eq!(err(r#"{"MNPId":"m"}"#), "MissingParameter");
         assert_eq!(err(r#"{"MNPId":"m","PlatformId":""}"#), "MissingParameter");
         assert_eq!(err(r#"{"MNPId":1,"PlatformId":"p"}"#), "InvalidParameter");
-        assert_eq!(err(r#"{"MNPId":"m","PlatformId":"p","X":1}"#), "UnknownParameter");
+        assert_eq!(
+            err(r#"{"MNPId":"m","PlatformId":"p","X":1}"#),
+            "UnknownParameter"
+        );
         assert_eq!(err("{"), "InvalidParameter");
         assert_eq!(err("[]"), "InvalidParameter");
         assert!(parse_body(br#"{"MNPId":"m","PlatformId":"p"}"#).is_ok());

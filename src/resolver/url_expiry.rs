@@ -9,8 +9,7 @@ pub fn url_end_unix(url: &str) -> Option<i64> {
     parsed
         .query_pairs()
         .filter_map(|(name, value)| {
-            if name.eq_ignore_ascii_case("q-sign-time") || name.eq_ignore_ascii_case("q-key-time")
-            {
+            if name.eq_ignore_ascii_case("q-sign-time") || name.eq_ignore_ascii_case("q-key-time") {
                 value.split_once(';')?.1.trim().parse::<i64>().ok()
             } else if name.eq_ignore_ascii_case("expires") {
                 value.trim().parse::<i64>().ok()
@@ -23,7 +22,12 @@ pub fn url_end_unix(url: &str) -> Option<i64> {
 
 /// How long a URL may be served: `min(ttl, end - now - margin)`, zero when
 /// it is already inside the margin, `ttl` when the URL does not say.
-pub fn servable_for(url_end_unix: Option<i64>, now_unix: i64, ttl: Duration, margin: Duration) -> Duration {
+pub fn servable_for(
+    url_end_unix: Option<i64>,
+    now_unix: i64,
+    ttl: Duration,
+    margin: Duration,
+) -> Duration {
     match url_end_unix {
         None => ttl,
         Some(end) => {
@@ -52,7 +56,10 @@ mod tests {
     fn url_encoded_semicolons_and_expires_are_read() {
         assert_eq!(url_end_unix("https://x/p?q-sign-time=1%3B200"), Some(200));
         assert_eq!(url_end_unix("https://x/p?Expires=1234"), Some(1234));
-        assert_eq!(url_end_unix("https://x/p?q-key-time=1;900&Expires=500"), Some(500));
+        assert_eq!(
+            url_end_unix("https://x/p?q-key-time=1;900&Expires=500"),
+            Some(500)
+        );
         assert_eq!(url_end_unix("https://x/p?a=b"), None);
         assert_eq!(url_end_unix("not a url"), None);
     }
@@ -61,7 +68,10 @@ mod tests {
     fn lifetime_is_the_shorter_of_ttl_and_url_end_minus_margin() {
         assert_eq!(servable_for(None, 0, TTL, MARGIN), TTL);
         assert_eq!(servable_for(Some(1_000), 0, TTL, MARGIN), TTL);
-        assert_eq!(servable_for(Some(70), 0, TTL, MARGIN), Duration::from_secs(10));
+        assert_eq!(
+            servable_for(Some(70), 0, TTL, MARGIN),
+            Duration::from_secs(10)
+        );
         assert_eq!(servable_for(Some(50), 0, TTL, MARGIN), Duration::ZERO);
         assert_eq!(servable_for(Some(-5), 0, TTL, MARGIN), Duration::ZERO);
     }

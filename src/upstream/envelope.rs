@@ -103,7 +103,12 @@ mod tests {
 
     #[test]
     fn anything_else_is_a_transport_failure() {
-        for body in [&b"<html>"[..], b"{}", br#"{"Response":{}}"#, br#"{"Response":{"Data":{}}}"#] {
+        for body in [
+            &b"<html>"[..],
+            b"{}",
+            br#"{"Response":{}}"#,
+            br#"{"Response":{"Data":{}}}"#,
+        ] {
             assert!(parse_answer(body).is_err());
         }
     }

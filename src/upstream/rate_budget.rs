@@ -56,7 +56,8 @@ impl RateBudget {
         let exhausted = GatewayError::RateBudgetExhausted {
             retry_after: self.hold_after_answer,
         };
-        let _waiter = WaiterGuard::enter(&self.waiting, self.max_waiting).ok_or(exhausted.clone())?;
+        let _waiter =
+            WaiterGuard::enter(&self.waiting, self.max_waiting).ok_or(exhausted.clone())?;
         match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(self.slot(permit)),
             // Timed out, or the semaphore was closed (never happens: it is never closed).

@@ -52,7 +52,11 @@ pub fn utc_date(timestamp: i64) -> String {
 
 /// `<date>/<service>/tc3_request`.
 pub fn credential_scope(input: &SigningInput<'_>) -> String {
-    format!("{}/{}/tc3_request", utc_date(input.timestamp), input.service)
+    format!(
+        "{}/{}/tc3_request",
+        utc_date(input.timestamp),
+        input.service
+    )
 }
 
 /// The string to sign.

@@ -1,1 +1,11 @@
+//! Integration tests: the gateway on a random loopback port, the simulated
+//! upstream counting what reaches it. One module per behaviour area.
+
+mod bad_input;
+mod caching;
+mod coalescing;
+mod eviction;
+mod helpers;
+mod process;
+mod rate_limit;
 mod signer;

@@ -1,0 +1,231 @@
+//! The real binary: configuration errors, secrets kept out of logs and answers, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tcsas_gateway::simulated_upstream::{
+    KeyBehaviour, SimAnswer, SimulatedUpstream, SimulatorConfig,
+};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcsas-gateway");
+const SESSION_TOKEN: &str = "session-token-that-must-stay-secret";
+
+fn gateway_command(endpoint: &str) -> Command {
+    let sim = SimulatorConfig::default();
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("TENCENTCLOUD_SECRET_ID", &sim.secret_id)
+        .env("TENCENTCLOUD_SECRET_KEY", &sim.secret_key)
+        .env("TENCENTCLOUD_SESSION_TOKEN", SESSION_TOKEN)
+        .env("TCSAS_GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
+        .env("TCSAS_GATEWAY__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TCSAS_GATEWAY__UPSTREAM__ENDPOINT", endpoint)
+        .env("TCSAS_GATEWAY__LOG__FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A gateway process whose stderr lines arrive on a channel.
+struct GatewayProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl GatewayProcess {
+    fn start(mut command: Command) -> (GatewayProcess, String) {
+        let mut child = command.spawn().expect("gateway starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = GatewayProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let front = loop {
+            let line = process
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the gateway logs where it listens");
+            process.seen.push(line.clone());
+            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(front) = parsed["front"].as_str() {
+                break front.to_owned();
+            }
+        };
+        (process, front)
+    }
+
+    /// Sends SIGTERM and returns the exit status and every stderr line.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        let status = self.child.wait().expect("gateway exits");
+        self.seen.extend(self.lines.try_iter());
+        (status, self.seen)
+    }
+}
+
+#[tokio::test]
+async fn secrets_appear_in_no_log_line_and_no_answer() {
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        .await
+        .unwrap();
+    sim.set_key(
+        PLATFORM,
+        "mp-missing",
+        KeyBehaviour {
+            answer: SimAnswer::NotExist,
+            ..KeyBehaviour::default()
+        },
+    );
+    let mut command = gateway_command(&sim.endpoint());
+    // Everything every crate can log.
+    command.env("RUST_LOG", "trace");
+    let (process, front) = GatewayProcess::start(command);
+    let http = reqwest::Client::new();
+    let mut bodies = Vec::new();
+    for (action, body) in [
+        (MNP_ACTION, tc_body(PLATFORM, "mp-secret")),
+        (MNP_ACTION, tc_body(PLATFORM, "mp-secret")),
+        (MNP_ACTION, tc_body(PLATFORM, "mp-missing")),
+        (MNP_ACTION, tc_body(PLATFORM, "bad id")),
+        ("Nope", tc_body(PLATFORM, "m")),
+    ] {
+        let response = http
+            .post(format!("http://{front}/"))
+            .header("X-TC-Action", action)
+            .header("X-Request-Id", "secret-test-1")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        bodies.push(format!(
+            "{:?} {}",
+            response.headers().clone(),
+            response.text().await.unwrap()
+        ));
+    }
+    assert!(bodies[0].contains("myqcloud.com"), "{}", bodies[0]);
+    let calls = sim.calls();
+    assert_eq!(calls.len(), 2, "one fetch and one not-exist");
+    assert_eq!(
+        calls[0].token.as_deref(),
+        Some(SESSION_TOKEN),
+        "temporary credentials send X-TC-Token"
+    );
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .env_clear()
+        .env("TENCENTCLOUD_SECRET_ID", "AKIDx")
+        .env(
+            "TENCENTCLOUD_SECRET_KEY",
+            SimulatorConfig::default().secret_key,
+        )
+        .env("TENCENTCLOUD_SESSION_TOKEN", SESSION_TOKEN)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let check_text = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check_text.contains("rate_limit_per_sec = 20"),
+        "{check_text}"
+    );
+
+    let (status, lines) = process.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    let secret_key = SimulatorConfig::default().secret_key;
+    let request_lines: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "request")
+        .collect();
+    assert_eq!(request_lines.len(), 5, "one line per request");
+    assert!(request_lines
+        .iter()
+        .all(|v| v["request_id"] == "secret-test-1"));
+    for text in lines
+        .iter()
+        .chain(&bodies)
+        .chain(std::iter::once(&check_text))
+    {
+        assert!(!text.contains(&secret_key), "secret key leaked: {text}");
+        assert!(
+            !text.contains(SESSION_TOKEN),
+            "session token leaked: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_the_key() {
+    let cases = [
+        (
+            "TCSAS_GATEWAY__UPSTREAM__RATE_LIMIT_PER_SEC",
+            "0",
+            "upstream.rate_limit_per_sec",
+        ),
+        (
+            "TCSAS_GATEWAY__UPSTREAM__ENDPOINT",
+            "not a url",
+            "upstream.endpoint",
+        ),
+        ("TCSAS_GATEWAY__SERVER__LISTEN", "nowhere", "server.listen"),
+        ("TCSAS_GATEWAY__CACHE__TTL", "5", "ttl"),
+    ];
+    for (key, value, named) in cases {
+        let output = gateway_command("http://127.0.0.1:9")
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{key}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{key}: {stderr}");
+        assert!(stderr.contains(named), "{key}: {stderr}");
+    }
+}
+
+#[test]
+fn missing_credentials_stop_start_up_naming_the_variable() {
+    let output = gateway_command("http://127.0.0.1:9")
+        .env_remove("TENCENTCLOUD_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("TENCENTCLOUD_SECRET_KEY"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_key_in_the_config_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("tcsas-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[cache]\nttl_seconds = 5\n").unwrap();
+    let output = gateway_command("http://127.0.0.1:9")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ttl_seconds"), "{stderr}");
+}
