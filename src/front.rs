@@ -108,7 +108,7 @@ where
         outcome = %log.outcome,
         cache = log.cache.map(CacheStatus::as_str),
         status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         "request"
     );
     response

@@ -1,5 +1,7 @@
 //! Tracing setup: text or JSON lines on stderr, filtered by `log.level` or `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{LogFormat, LogSettings};
@@ -12,6 +14,7 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let installed = match settings.format {
         LogFormat::Text => builder.try_init(),

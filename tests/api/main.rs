@@ -6,6 +6,7 @@ mod caching;
 mod coalescing;
 mod eviction;
 mod helpers;
+mod official_sdk;
 mod process;
 mod rate_limit;
 mod signer;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need
+# (Tencent Cloud's official Python SDK, in a venv under target/), then runs
+# the format and lint checks, compiles the benches, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sdk_venv="target/sdk-venv"
+if ! "$sdk_venv/bin/python" -c 'import tencentcloud.tcsas.v20250106' 2>/dev/null; then
+  echo "installing tencentcloud-sdk-python-intl-en into $sdk_venv"
+  python3 -m venv "$sdk_venv"
+  "$sdk_venv/bin/pip" install --quiet --disable-pip-version-check 'tencentcloud-sdk-python-intl-en==3.1.193'
+fi
+export TCSAS_SDK_PYTHON="$PWD/$sdk_venv/bin/python"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
