@@ -218,6 +218,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn an_id_parses_exactly_when_it_fits_the_grammar(raw in "[A-Za-z0-9_./ \"\\-]{0,70}|\\PC{0,70}") {
+            let fits = (1..=64).contains(&raw.len())
+                && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            proptest::prop_assert_eq!(MnpId::parse(&raw).is_ok(), fits);
+            proptest::prop_assert_eq!(PlatformId::parse(&raw).is_ok(), fits);
+        }
+
+        #[test]
+        fn every_valid_id_round_trips(raw in "[A-Za-z0-9_-]{1,64}") {
+            let id = MnpId::parse(&raw).unwrap();
+            proptest::prop_assert_eq!(id.as_str(), raw.as_str());
+        }
+    }
+
     #[test]
     fn upstream_body_is_compact_json() {
         let key = PackageKey {

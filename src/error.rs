@@ -140,6 +140,32 @@ impl GatewayError {
         }
     }
 
+    /// Worth another attempt upstream: transport failures, timeouts,
+    /// `InternalError*`, `ServiceUnavailable*` and `RequestLimitExceeded*`.
+    pub fn is_retryable(&self) -> bool {
+        let code_is = |code: &str, family: &str| {
+            code == family
+                || code
+                    .strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        match self {
+            GatewayError::UpstreamTransport(_) | GatewayError::UpstreamTimeout { .. } => true,
+            GatewayError::Upstream(api) => {
+                api.is_rate_limited()
+                    || code_is(&api.code, "InternalError")
+                    || code_is(&api.code, "ServiceUnavailable")
+            }
+            _ => false,
+        }
+    }
+
+    /// A failure during which an old URL may still be served (stale-if-error):
+    /// the retryable ones, plus the gateway's own budget running out.
+    pub fn allows_stale(&self) -> bool {
+        self.is_retryable() || matches!(self, GatewayError::RateBudgetExhausted { .. })
+    }
+
     /// The error message as sent to clients.
     pub fn message(&self) -> String {
         self.to_string()
@@ -167,6 +193,19 @@ mod tests {
             api("AuthFailure.SignatureFailure").tc_code(),
             "AuthFailure.SignatureFailure"
         );
+    }
+
+    #[test]
+    fn retryable_failures_are_told_apart() {
+        assert!(api("InternalError").is_retryable());
+        assert!(api("InternalError.DbError").is_retryable());
+        assert!(api("RequestLimitExceeded.UinLimitExceeded").is_retryable());
+        assert!(api("ServiceUnavailable").is_retryable());
+        assert!(!api("InternalErrorX").is_retryable());
+        assert!(!api(CODE_PACKAGE_EXPIRED).is_retryable());
+        assert!(!api("AuthFailure.SignatureFailure").is_retryable());
+        assert!(GatewayError::UpstreamTransport("reset".into()).is_retryable());
+        assert!(!GatewayError::InvalidParameter("x".into()).allows_stale());
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Resolves a `PackageKey` to a URL: cache first, one shared upstream call on a miss.
+//! Resolves a `PackageKey` to a URL: cache first, one shared upstream call on a miss,
+//! stale answers while refreshing or while upstream is failing.
 
 pub mod url_expiry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,15 @@ use moka::Expiry;
 use crate::domain::{PackageKey, Region};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
 use crate::settings::Settings;
-use crate::upstream::rate_budget::HOLD_AFTER_ANSWER;
+use crate::upstream::rate_budget::{RateSlot, WaiterGuard, HOLD_AFTER_ANSWER};
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
 
-/// A package URL ready to be served.
+/// First retry back-off ceiling; doubles with each attempt (full jitter).
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// Largest retry back-off ceiling.
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// A package URL ready to be served, with the windows in which it may be.
 #[derive(Debug)]
 pub struct CachedUrl {
     /// The URL.
@@ -27,22 +33,17 @@ pub struct CachedUrl {
     pub url_json: Bytes,
     /// When upstream answered it (for `Age`).
     pub fetched_at: Instant,
-    /// Until when it may be served.
+    /// Served as a hit until then.
     pub fresh_until: Instant,
+    /// Served stale, while one background refresh runs, until then.
+    pub stale_until: Instant,
+    /// Served stale while upstream fails, until then. Never past the URL's
+    /// own end minus the margin.
+    pub stale_if_error_until: Instant,
 }
 
 impl CachedUrl {
-    fn new(url: String, fetched_at: Instant, fresh_for: Duration) -> Self {
-        let url_json = Bytes::from(serde_json::to_vec(&url).unwrap_or_default());
-        CachedUrl {
-            url,
-            url_json,
-            fetched_at,
-            fresh_until: fetched_at + fresh_for,
-        }
-    }
-
-    /// Seconds left before it must not be served any more (for `max-age`).
+    /// Seconds left before it stops being fresh (for `max-age`).
     pub fn fresh_secs_left(&self, now: Instant) -> u64 {
         self.fresh_until.saturating_duration_since(now).as_secs()
     }
@@ -53,6 +54,35 @@ impl CachedUrl {
     }
 }
 
+/// How long answers live: the policy half of the cache settings.
+#[derive(Clone, Copy, Debug)]
+struct Lifetimes {
+    ttl: Duration,
+    stale: Duration,
+    stale_if_error: Duration,
+    negative_ttl: Duration,
+    expiry_margin: Duration,
+}
+
+impl Lifetimes {
+    /// The windows of a URL fetched at `now` (Unix `now_unix`), each capped
+    /// by the URL's own end minus the margin.
+    fn windows(&self, url: String, now: Instant, now_unix: i64) -> CachedUrl {
+        let left =
+            url_expiry::time_left(url_expiry::url_end_unix(&url), now_unix, self.expiry_margin);
+        let cap = |d: Duration| left.map_or(d, |left| d.min(left));
+        let url_json = Bytes::from(serde_json::to_vec(&url).unwrap_or_default());
+        CachedUrl {
+            url,
+            url_json,
+            fetched_at: now,
+            fresh_until: now + cap(self.ttl),
+            stale_until: now + cap(self.ttl + self.stale),
+            stale_if_error_until: now + cap(self.ttl + self.stale.max(self.stale_if_error)),
+        }
+    }
+}
+
 /// What the cache holds for a key: a URL, or upstream's "no online version".
 #[derive(Debug)]
 enum CachedAnswer {
@@ -60,21 +90,12 @@ enum CachedAnswer {
     NotExist { api: ApiError, until: Instant },
 }
 
-impl CachedAnswer {
-    fn servable_until(&self) -> Instant {
-        match self {
-            CachedAnswer::Url(u) => u.fresh_until,
-            CachedAnswer::NotExist { until, .. } => *until,
-        }
-    }
-}
-
 /// Where an answer came from (`X-Cache`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Served from the cache.
+    /// Served fresh from the cache.
     Hit,
-    /// Fetched from upstream (or failed before a cached answer existed).
+    /// Fetched from upstream (or failed before a usable cached answer existed).
     Miss,
     /// Served from the cache past its freshness.
     Stale,
@@ -111,6 +132,16 @@ pub struct Resolution {
     pub coalesced: bool,
 }
 
+impl Resolution {
+    fn cached(outcome: Result<Served, GatewayError>, cache: CacheStatus) -> Self {
+        Resolution {
+            outcome,
+            cache,
+            coalesced: false,
+        }
+    }
+}
+
 /// One lookup, as the front parsed it.
 #[derive(Clone, Debug)]
 pub struct Lookup {
@@ -127,19 +158,37 @@ pub struct Lookup {
 }
 
 type FetchResult = Result<Served, GatewayError>;
-type SharedFetch = Shared<BoxFuture<'static, FetchResult>>;
 
 /// One upstream call in flight, shared by every request for its key.
 #[derive(Clone)]
 struct InflightFetch {
-    result: SharedFetch,
+    result: Shared<BoxFuture<'static, FetchResult>>,
     /// Set once the call holds a rate slot: a waiter whose deadline passes
     /// before then was refused by the budget, not by a slow upstream.
     has_slot: Arc<AtomicBool>,
+    /// Requests waiting on this call (bounded by `upstream.max_waiting`).
+    waiters: Arc<AtomicUsize>,
 }
 
-/// Per-entry expiry: each answer carries its own servable-until instant.
+/// How a shared call gets its rate slots and how hard it tries.
+struct FetchPlan {
+    /// A slot already taken (background refreshes take one before starting).
+    slot: Option<RateSlot>,
+    /// Attempts after the first.
+    retries: u32,
+}
+
+/// Per-entry expiry: each answer lives until its last servable instant.
 struct AnswerExpiry;
+
+impl AnswerExpiry {
+    fn until(value: &CachedAnswer) -> Instant {
+        match value {
+            CachedAnswer::Url(u) => u.stale_if_error_until,
+            CachedAnswer::NotExist { until, .. } => *until,
+        }
+    }
+}
 
 impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
     fn expire_after_create(
@@ -148,7 +197,7 @@ impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
         value: &Arc<CachedAnswer>,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.servable_until().saturating_duration_since(created_at))
+        Some(Self::until(value).saturating_duration_since(created_at))
     }
 
     fn expire_after_update(
@@ -159,19 +208,22 @@ impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         // A replaced entry takes the new answer's lifetime, not the old one's.
-        Some(value.servable_until().saturating_duration_since(updated_at))
+        Some(Self::until(value).saturating_duration_since(updated_at))
     }
 }
 
 /// The cache, the in-flight upstream calls, and the policy that connects them.
 pub struct Resolver {
     cache: Cache<PackageKey, Arc<CachedAnswer>>,
+    /// Keys whose last refresh failed, for `upstream.error_backoff_secs`.
+    failing: Cache<PackageKey, ()>,
     inflight: Mutex<HashMap<PackageKey, InflightFetch>>,
     upstream: Arc<UpstreamClient>,
-    ttl: Duration,
-    negative_ttl: Duration,
-    expiry_margin: Duration,
+    lifetimes: Lifetimes,
     call_reserve: Duration,
+    request_timeout: Duration,
+    max_retries: u32,
+    max_waiting: usize,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -185,22 +237,35 @@ impl std::fmt::Debug for Resolver {
 impl Resolver {
     /// A resolver with an empty cache sized by `settings`.
     pub fn new(settings: &Settings, upstream: Arc<UpstreamClient>) -> Self {
+        let request_timeout = settings.server.request_timeout();
         // A slot taken with almost no time left would spend budget on a
         // call that cannot finish: stop waiting for one a quarter of the
         // request's time before its deadline (at most one upstream timeout).
-        let call_reserve = (settings.server.request_timeout() / 4).min(upstream.timeout());
-        let settings = &settings.cache;
+        let call_reserve = (request_timeout / 4).min(upstream.timeout());
+        let cache = &settings.cache;
+        let secs = Duration::from_secs;
         Resolver {
             cache: Cache::builder()
-                .max_capacity(settings.max_entries)
+                .max_capacity(cache.max_entries)
                 .expire_after(AnswerExpiry)
+                .build(),
+            failing: Cache::builder()
+                .max_capacity(cache.max_entries)
+                .time_to_live(secs(settings.upstream.error_backoff_secs))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             upstream,
-            ttl: Duration::from_secs(settings.ttl_secs),
-            negative_ttl: Duration::from_secs(settings.negative_ttl_secs),
-            expiry_margin: Duration::from_secs(settings.expiry_margin_secs),
+            lifetimes: Lifetimes {
+                ttl: secs(cache.ttl_secs),
+                stale: secs(cache.stale_secs),
+                stale_if_error: secs(cache.stale_if_error_secs),
+                negative_ttl: secs(cache.negative_ttl_secs),
+                expiry_margin: secs(cache.expiry_margin_secs),
+            },
             call_reserve,
+            request_timeout,
+            max_retries: settings.upstream.max_retries,
+            max_waiting: settings.upstream.max_waiting,
         }
     }
 
@@ -209,20 +274,61 @@ impl Resolver {
         &self.upstream
     }
 
-    /// Answers one lookup: a servable cached answer, else the (shared) upstream call.
+    /// Answers one lookup: fresh from the cache; stale while one background
+    /// refresh runs; else from the shared upstream call, falling back to a
+    /// stale URL when upstream fails.
     pub async fn resolve(self: &Arc<Self>, lookup: Lookup) -> Resolution {
-        if !lookup.revalidate {
-            if let Some(hit) = self.cached(&lookup.key).await {
-                return Resolution {
-                    outcome: hit,
-                    cache: CacheStatus::Hit,
-                    coalesced: false,
+        let now = Instant::now();
+        let mut fallback = None;
+        match self.cache.get(&lookup.key).await.as_deref() {
+            Some(CachedAnswer::NotExist { api, until }) if !lookup.revalidate && now < *until => {
+                let api = ApiError {
+                    request_id: None,
+                    ..api.clone()
                 };
+                return Resolution::cached(Err(GatewayError::Upstream(api)), CacheStatus::Hit);
             }
+            Some(CachedAnswer::Url(url)) => {
+                if !lookup.revalidate && now < url.fresh_until {
+                    return Resolution::cached(Ok(served(url)), CacheStatus::Hit);
+                }
+                if !lookup.revalidate && now < url.stale_until {
+                    self.refresh_in_background(&lookup);
+                    return Resolution::cached(Ok(served(url)), CacheStatus::Stale);
+                }
+                if now < url.stale_if_error_until {
+                    if self.failing.contains_key(&lookup.key) {
+                        // Upstream failed for this key moments ago: not again yet.
+                        return Resolution::cached(Ok(served(url)), CacheStatus::Stale);
+                    }
+                    fallback = Some(Arc::clone(url));
+                }
+            }
+            _ => {}
         }
         let deadline = lookup.deadline;
         let waited_since = tokio::time::Instant::now();
-        let (fetch, coalesced) = self.join_or_start(lookup);
+        // With a stale URL to fall back on, one failure is enough: no retries.
+        let retries = if fallback.is_some() {
+            0
+        } else {
+            self.max_retries
+        };
+        let (fetch, coalesced, _waiter) = match self.join_or_start(
+            lookup,
+            FetchPlan {
+                slot: None,
+                retries,
+            },
+        ) {
+            Ok(joined) => joined,
+            Err(e) => {
+                return match fallback {
+                    Some(url) => Resolution::cached(Ok(served(&url)), CacheStatus::Stale),
+                    None => Resolution::cached(Err(e), CacheStatus::Miss),
+                }
+            }
+        };
         let outcome = match tokio::time::timeout_at(deadline, fetch.result).await {
             Ok(result) => result,
             // The shared call goes on for the others and fills the cache.
@@ -235,15 +341,22 @@ impl Resolver {
                 timeout_ms: waited_since.elapsed().as_millis() as u64,
             }),
         };
-        let outcome = outcome.map(|served| Served {
-            // Only the request that led the call passes upstream's RequestId on.
-            upstream_request_id: served.upstream_request_id.filter(|_| !coalesced),
-            url: served.url,
-        });
-        Resolution {
-            outcome,
-            cache: CacheStatus::Miss,
-            coalesced,
+        match (outcome, fallback) {
+            (Err(e), Some(url))
+                if e.allows_stale() && Instant::now() < url.stale_if_error_until =>
+            {
+                tracing::debug!(error = %e, "upstream failed; serving the stale URL");
+                Resolution::cached(Ok(served(&url)), CacheStatus::Stale)
+            }
+            (outcome, _) => Resolution {
+                outcome: outcome.map(|s| Served {
+                    // Only the request that led the call passes upstream's RequestId on.
+                    upstream_request_id: s.upstream_request_id.filter(|_| !coalesced),
+                    url: s.url,
+                }),
+                cache: CacheStatus::Miss,
+                coalesced,
+            },
         }
     }
 
@@ -266,39 +379,54 @@ impl Resolver {
         self.cache.entry_count()
     }
 
-    /// A cached answer that may still be served, as the outcome to answer with.
-    async fn cached(&self, key: &PackageKey) -> Option<FetchResult> {
-        let entry = self.cache.get(key).await?;
-        // moka's expiry is the first guard; this makes "never past its end" exact.
-        if entry.servable_until() <= Instant::now() {
-            return None;
+    /// Starts one background refresh for a stale key, if none runs, the key
+    /// is not backing off, and a rate slot is free right now.
+    fn refresh_in_background(self: &Arc<Self>, lookup: &Lookup) {
+        if self.failing.contains_key(&lookup.key) {
+            return;
         }
-        Some(match &*entry {
-            CachedAnswer::Url(url) => Ok(Served {
-                url: Arc::clone(url),
-                upstream_request_id: None,
-            }),
-            CachedAnswer::NotExist { api, .. } => Err(GatewayError::Upstream(ApiError {
-                request_id: None,
-                ..api.clone()
-            })),
-        })
+        let Some(slot) = self.upstream.budget(lookup.key.action).try_acquire() else {
+            return;
+        };
+        let refresh = Lookup {
+            // Its own deadline: the refresh does not die with the request.
+            deadline: tokio::time::Instant::now() + self.request_timeout,
+            revalidate: true,
+            ..lookup.clone()
+        };
+        // Joining an in-flight call drops the slot unused: it was never sent.
+        let _ = self.join_or_start(
+            refresh,
+            FetchPlan {
+                slot: Some(slot),
+                retries: 0,
+            },
+        );
     }
 
     /// Joins the call in flight for this key, or starts one on its own task.
-    fn join_or_start(self: &Arc<Self>, lookup: Lookup) -> (InflightFetch, bool) {
+    fn join_or_start(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        plan: FetchPlan,
+    ) -> Result<(InflightFetch, bool, Option<WaiterGuard>), GatewayError> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fetch) = inflight.get(&lookup.key) {
-            return (fetch.clone(), true);
+            let waiter = WaiterGuard::enter(&fetch.waiters, self.max_waiting).ok_or(
+                GatewayError::RateBudgetExhausted {
+                    retry_after: HOLD_AFTER_ANSWER,
+                },
+            )?;
+            return Ok((fetch.clone(), true, Some(waiter)));
         }
         let key = lookup.key.clone();
         let resolver = Arc::clone(self);
-        let has_slot = Arc::new(AtomicBool::new(false));
+        let has_slot = Arc::new(AtomicBool::new(plan.slot.is_some()));
         let slot_flag = Arc::clone(&has_slot);
         // Spawned so a client hanging up cannot cancel the shared upstream call.
         let task = tokio::spawn(async move {
             let key = lookup.key.clone();
-            let result = resolver.fetch_and_store(lookup, &slot_flag).await;
+            let result = resolver.fetch_and_store(lookup, plan, &slot_flag).await;
             resolver
                 .inflight
                 .lock()
@@ -306,7 +434,7 @@ impl Resolver {
                 .remove(&key);
             result
         });
-        let fetch = async move {
+        let result = async move {
             task.await.unwrap_or_else(|e| {
                 Err(GatewayError::Internal(format!(
                     "upstream call task failed: {e}"
@@ -316,62 +444,89 @@ impl Resolver {
         .boxed()
         .shared();
         let fetch = InflightFetch {
-            result: fetch,
+            result,
             has_slot,
+            waiters: Arc::new(AtomicUsize::new(0)),
         };
+        // The leader is always let in: the call it starts is what others wait on.
+        let waiter = WaiterGuard::enter(&fetch.waiters, usize::MAX);
         inflight.insert(key, fetch.clone());
-        (fetch, false)
+        Ok((fetch, false, waiter))
     }
 
-    /// The body of a shared upstream call: fetch, then cache or evict.
-    async fn fetch_and_store(&self, lookup: Lookup, has_slot: &AtomicBool) -> FetchResult {
+    /// The body of a shared upstream call: fetch (with retries), then cache or evict.
+    async fn fetch_and_store(
+        &self,
+        lookup: Lookup,
+        mut plan: FetchPlan,
+        has_slot: &AtomicBool,
+    ) -> FetchResult {
         if !lookup.revalidate {
             // A call that finished between this request's cache miss and its
             // joining may have just filled the cache: no second upstream call.
-            if let Some(hit) = self.cached(&lookup.key).await {
-                return hit;
+            if let Some(CachedAnswer::Url(url)) = self.cache.get(&lookup.key).await.as_deref() {
+                if Instant::now() < url.fresh_until {
+                    return Ok(served(url));
+                }
             }
         }
         let region = lookup
             .region
             .as_ref()
             .unwrap_or_else(|| self.upstream.default_region());
-        let slot = self
-            .upstream
-            .budget(lookup.key.action)
-            .acquire_until(lookup.deadline - self.call_reserve)
-            .await?;
-        has_slot.store(true, Ordering::Release);
-        let result = self
-            .upstream
-            .call(
-                &lookup.key,
-                region,
-                &lookup.request_id,
-                lookup.deadline,
-                slot,
-            )
-            .await;
+        let slot_deadline = lookup.deadline - self.call_reserve;
+        let budget = self.upstream.budget(lookup.key.action);
+        let mut attempt = 0;
+        let result = loop {
+            let slot = match plan.slot.take() {
+                Some(slot) => slot,
+                None => budget.acquire_until(slot_deadline).await?,
+            };
+            has_slot.store(true, Ordering::Release);
+            let result = self
+                .upstream
+                .call(
+                    &lookup.key,
+                    region,
+                    &lookup.request_id,
+                    lookup.deadline,
+                    slot,
+                )
+                .await;
+            match result {
+                Err(e) if e.is_retryable() && attempt < plan.retries => {
+                    let ceiling = RETRY_CAP.min(RETRY_BASE * 2u32.saturating_pow(attempt));
+                    let pause = ceiling.mul_f64(fastrand::f64());
+                    if tokio::time::Instant::now() + pause >= slot_deadline {
+                        break Err(e);
+                    }
+                    tracing::debug!(key = %lookup.key, attempt, error = %e, ?pause, "retrying upstream");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        self.store(&lookup.key, result).await
+    }
+
+    /// Caches, evicts or remembers the failure, and passes the result on.
+    async fn store(
+        &self,
+        key: &PackageKey,
+        result: Result<FetchedUrl, GatewayError>,
+    ) -> FetchResult {
         match result {
             Ok(FetchedUrl { url, request_id }) => {
-                let fresh_for = url_expiry::servable_for(
-                    url_expiry::url_end_unix(&url),
-                    unix_now_secs(),
-                    self.ttl,
-                    self.expiry_margin,
-                );
-                let cached = Arc::new(CachedUrl::new(url, Instant::now(), fresh_for));
-                if fresh_for.is_zero() {
+                self.failing.invalidate(key).await;
+                let cached = Arc::new(self.lifetimes.windows(url, Instant::now(), unix_now_secs()));
+                if cached.fresh_until > cached.fetched_at {
+                    let answer = CachedAnswer::Url(Arc::clone(&cached));
+                    self.cache.insert(key.clone(), Arc::new(answer)).await;
+                } else {
                     // Straight from upstream but already inside the margin:
                     // answered once, never cached.
-                    self.cache.invalidate(&lookup.key).await;
-                } else {
-                    self.cache
-                        .insert(
-                            lookup.key.clone(),
-                            Arc::new(CachedAnswer::Url(Arc::clone(&cached))),
-                        )
-                        .await;
+                    self.cache.invalidate(key).await;
                 }
                 Ok(Served {
                     url: cached,
@@ -379,20 +534,33 @@ impl Resolver {
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
-                self.cache.invalidate(&lookup.key).await;
+                self.cache.invalidate(key).await;
                 Err(GatewayError::Upstream(api))
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_NOT_EXIST => {
-                if !self.negative_ttl.is_zero() {
+                if !self.lifetimes.negative_ttl.is_zero() {
                     let entry = CachedAnswer::NotExist {
                         api: api.clone(),
-                        until: Instant::now() + self.negative_ttl,
+                        until: Instant::now() + self.lifetimes.negative_ttl,
                     };
-                    self.cache.insert(lookup.key.clone(), Arc::new(entry)).await;
+                    self.cache.insert(key.clone(), Arc::new(entry)).await;
                 }
                 Err(GatewayError::Upstream(api))
             }
-            Err(other) => Err(other),
+            Err(e) => {
+                if e.allows_stale() {
+                    // A good entry is never replaced by an error; the key backs off.
+                    self.failing.insert(key.clone(), ()).await;
+                }
+                Err(e)
+            }
         }
+    }
+}
+
+fn served(url: &Arc<CachedUrl>) -> Served {
+    Served {
+        url: Arc::clone(url),
+        upstream_request_id: None,
     }
 }

@@ -78,12 +78,20 @@ pub async fn serve<H, Fut>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(request).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timeout starts with the first byte: a connection
+            // that never sends one would hold its slot for ever.
+            let mut first = [0u8; 1];
+            let first_byte =
+                tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first));
+            if !matches!(first_byte.await, Ok(Ok(1))) {
+                tracing::debug!(listener = name, %peer, "closing a connection that sent nothing in time");
+                return;
+            }
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -63,8 +63,13 @@ pub struct UpstreamSettings {
     pub rate_limit_per_sec: u32,
     /// Timeout of one upstream call.
     pub timeout_ms: u64,
-    /// Most requests waiting for a rate slot at once, per action.
+    /// Most requests waiting at once, per action for a rate slot and per key
+    /// behind one in-flight call.
     pub max_waiting: usize,
+    /// Retries of retryable failures.
+    pub max_retries: u32,
+    /// After a failed refresh, how long a key with a stale URL is not retried.
+    pub error_backoff_secs: u64,
 }
 
 /// `[cache]`: the URL cache.
@@ -79,6 +84,10 @@ pub struct CacheSettings {
     pub negative_ttl_secs: u64,
     /// A URL is dropped this long before its own expiry.
     pub expiry_margin_secs: u64,
+    /// Stale-while-revalidate window after freshness ends.
+    pub stale_secs: u64,
+    /// Stale-if-error window after freshness ends.
+    pub stale_if_error_secs: u64,
 }
 
 /// `[admin]`: the admin listener.
@@ -190,7 +199,12 @@ impl Settings {
                 "must be 1-32 characters of [a-z0-9-]",
             ));
         }
-        let checks: [(&str, bool, &str); 10] = [
+        let checks: [(&str, bool, &str); 11] = [
+            (
+                "upstream.max_retries",
+                self.upstream.max_retries <= 10,
+                "must be at most 10",
+            ),
             (
                 "upstream.rate_limit_per_sec",
                 (1..=10_000).contains(&self.upstream.rate_limit_per_sec),

@@ -3,7 +3,6 @@
 //! presigned-style URLs, and counts everything it sees.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,11 +69,30 @@ pub enum SimAnswer {
     Expired,
 }
 
+/// A way for upstream to fail, per key or for every call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Never answer (the connection stays open).
+    Hang,
+    /// HTTP 500 with an HTML body.
+    Http500,
+    /// HTTP 200 with a body that is not JSON.
+    NotJson,
+    /// Close the connection without answering.
+    ConnectionReset,
+    /// `RequestLimitExceeded` in the envelope.
+    RequestLimitExceeded,
+    /// `InternalError` in the envelope.
+    InternalError,
+}
+
 /// Per-key behaviour.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KeyBehaviour {
     /// What to answer.
     pub answer: SimAnswer,
+    /// A failure that replaces the answer.
+    pub fault: Option<Fault>,
     /// Extra delay before answering.
     pub latency: Duration,
     /// URL validity window for this key, instead of the default.
@@ -114,6 +132,8 @@ struct SimState {
     keys: HashMap<(String, String), KeyBehaviour>,
     served_versions: HashMap<(String, String), u64>,
     latency: Duration,
+    fault: Option<Fault>,
+    fail_next: HashMap<(String, String), (Fault, u32)>,
 }
 
 /// A running simulator on a loopback port.
@@ -182,6 +202,18 @@ impl SimulatedUpstream {
         self.state().latency = latency;
     }
 
+    /// A failure for every call (a key's own fault wins), or `None` to heal.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.state().fault = fault;
+    }
+
+    /// Makes the next `calls` calls for one key fail with `fault`.
+    pub fn fail_next(&self, platform_id: &str, mnp_id: &str, fault: Fault, calls: u32) {
+        self.state()
+            .fail_next
+            .insert((platform_id.to_owned(), mnp_id.to_owned()), (fault, calls));
+    }
+
     /// Every call received so far.
     pub fn calls(&self) -> Vec<SeenCall> {
         self.state().calls.clone()
@@ -243,7 +275,7 @@ async fn accept_loop(
             let service = service_fn(move |request| {
                 let config = Arc::clone(&config);
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&config, &state, request).await) }
+                async move { answer(&config, &state, request).await }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -269,11 +301,12 @@ fn api_error(code: &str, message: &str) -> Response<Full<Bytes>> {
     envelope(json!({"Error": {"Code": code, "Message": message}}))
 }
 
+/// Answers one call; an `Err` makes hyper drop the connection unanswered.
 async fn answer(
     config: &SimulatorConfig,
     state: &Mutex<SimState>,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let arrived_early = Instant::now();
     let (parts, body) = request.into_parts();
     let header = |name: &str| {
@@ -290,7 +323,7 @@ async fn answer(
     else {
         let mut r = Response::new(Full::new(Bytes::from_static(b"body too large")));
         *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-        return r;
+        return Ok(r);
     };
     let fields: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let text = |name: &str| {
@@ -322,7 +355,7 @@ async fn answer(
         outcome: String::new(),
     };
     let key = (call.platform_id.clone(), call.mnp_id.clone());
-    let (verdict, behaviour, latency, version) = {
+    let (verdict, behaviour, fault, latency, version) = {
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
         // Arrival is stamped under the lock so the record stays in order.
         call.arrived = Instant::now();
@@ -335,29 +368,45 @@ async fn answer(
             .count();
         let verdict = check(config, &parts, &body, &call, recent);
         let behaviour = state.keys.get(&key).copied().unwrap_or_default();
+        let one_off = match state.fail_next.get_mut(&key) {
+            Some((fault, left)) if *left > 0 && verdict.is_ok() => {
+                *left -= 1;
+                Some(*fault)
+            }
+            _ => None,
+        };
+        let fault = one_off.or(behaviour.fault).or(state.fault);
         let latency = state.latency + behaviour.latency;
         let mut version = 0;
-        if verdict.is_ok() && behaviour.answer == SimAnswer::Url {
+        if verdict.is_ok() && fault.is_none() && behaviour.answer == SimAnswer::Url {
             let v = state.served_versions.entry(key.clone()).or_insert(0);
             *v += 1;
             version = *v;
         }
-        call.outcome = match (&verdict, behaviour.answer) {
-            (Err((code, _)), _) => code.to_string(),
-            (Ok(()), SimAnswer::Url) => "ok".to_owned(),
-            (Ok(()), SimAnswer::NotExist) => "FailedOperation.MNPOnlineVersionNotExist".to_owned(),
-            (Ok(()), SimAnswer::Expired) => "FailedOperation.PackageAlreadyExpired".to_owned(),
+        call.outcome = match (&verdict, behaviour.answer, fault) {
+            (Err((code, _)), _, _) => code.to_string(),
+            (Ok(()), _, Some(fault)) => format!("fault:{fault:?}"),
+            (Ok(()), SimAnswer::Url, None) => "ok".to_owned(),
+            (Ok(()), SimAnswer::NotExist, None) => {
+                "FailedOperation.MNPOnlineVersionNotExist".to_owned()
+            }
+            (Ok(()), SimAnswer::Expired, None) => {
+                "FailedOperation.PackageAlreadyExpired".to_owned()
+            }
         };
         state.calls.push(call.clone());
-        (verdict, behaviour, latency, version)
+        (verdict, behaviour, fault, latency, version)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     if let Err((code, message)) = verdict {
-        return api_error(code, &message);
+        return Ok(api_error(code, &message));
     }
-    match behaviour.answer {
+    if let Some(fault) = fault {
+        return faulty_answer(fault).await;
+    }
+    Ok(match behaviour.answer {
         SimAnswer::NotExist => api_error(
             "FailedOperation.MNPOnlineVersionNotExist",
             "The mini program has no online version.",
@@ -371,6 +420,44 @@ async fn answer(
             let url = package_url(&action, &call.platform_id, &call.mnp_id, version, window);
             envelope(json!({"Data": {"Data": url}}))
         }
+    })
+}
+
+/// The error a service returns to make hyper close the connection unanswered.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("simulated connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn faulty_answer(fault: Fault) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    let plain = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    match fault {
+        Fault::Hang => {
+            // Long enough for any test; the gateway's own timeout ends it first.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(ResetConnection)
+        }
+        Fault::Http500 => Ok(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "<html><body>500 Internal Server Error</body></html>",
+        )),
+        Fault::NotJson => Ok(plain(StatusCode::OK, "<html>maintenance</html>")),
+        Fault::ConnectionReset => Err(ResetConnection),
+        Fault::RequestLimitExceeded => Ok(api_error(
+            "RequestLimitExceeded",
+            "The request frequency exceeds the limit of the action.",
+        )),
+        Fault::InternalError => Ok(api_error("InternalError", "An internal error occurred.")),
     }
 }
 

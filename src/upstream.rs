@@ -147,18 +147,22 @@ impl UpstreamClient {
             request = request.header("X-TC-Token", token.expose());
         }
         let outcome = self.send(request, timeout).await;
+        if let Ok(UpstreamAnswer::ApiError(api)) = &outcome {
+            if api.is_rate_limited() {
+                // Before the slot is dropped, so this slot is held longer too.
+                self.budget(key.action).note_throttled();
+            }
+            if api.code == "AuthFailure.SignatureExpire" {
+                tracing::warn!(
+                    code = %api.code,
+                    "upstream rejected the request timestamp: check this host's clock (NTP)"
+                );
+            }
+        }
         drop(slot);
         match outcome? {
             UpstreamAnswer::Url { url, request_id } => Ok(FetchedUrl { url, request_id }),
-            UpstreamAnswer::ApiError(api) => {
-                if api.code == "AuthFailure.SignatureExpire" {
-                    tracing::warn!(
-                        code = %api.code,
-                        "upstream rejected the request timestamp: check this host's clock (NTP)"
-                    );
-                }
-                Err(GatewayError::Upstream(api))
-            }
+            UpstreamAnswer::ApiError(api) => Err(GatewayError::Upstream(api)),
         }
     }
 

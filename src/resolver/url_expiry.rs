@@ -20,30 +20,19 @@ pub fn url_end_unix(url: &str) -> Option<i64> {
         .min()
 }
 
-/// How long a URL may be served: `min(ttl, end - now - margin)`, zero when
-/// it is already inside the margin, `ttl` when the URL does not say.
-pub fn servable_for(
-    url_end_unix: Option<i64>,
-    now_unix: i64,
-    ttl: Duration,
-    margin: Duration,
-) -> Duration {
-    match url_end_unix {
-        None => ttl,
-        Some(end) => {
-            let left_secs = end
-                .saturating_sub(now_unix)
-                .saturating_sub(margin.as_secs().min(i64::MAX as u64) as i64);
-            ttl.min(Duration::from_secs(left_secs.max(0) as u64))
-        }
-    }
+/// How long a URL may still be served: `end - now - margin` (zero when it is
+/// already inside the margin), or `None` when the URL does not say.
+pub fn time_left(url_end_unix: Option<i64>, now_unix: i64, margin: Duration) -> Option<Duration> {
+    let end = url_end_unix?;
+    let margin_secs = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
+    let left_secs = end.saturating_sub(now_unix).saturating_sub(margin_secs);
+    Some(Duration::from_secs(u64::try_from(left_secs).unwrap_or(0)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TTL: Duration = Duration::from_secs(300);
     const MARGIN: Duration = Duration::from_secs(60);
 
     #[test]
@@ -65,14 +54,45 @@ mod tests {
     }
 
     #[test]
-    fn lifetime_is_the_shorter_of_ttl_and_url_end_minus_margin() {
-        assert_eq!(servable_for(None, 0, TTL, MARGIN), TTL);
-        assert_eq!(servable_for(Some(1_000), 0, TTL, MARGIN), TTL);
+    fn time_left_is_the_url_end_minus_the_margin() {
+        assert_eq!(time_left(None, 0, MARGIN), None);
         assert_eq!(
-            servable_for(Some(70), 0, TTL, MARGIN),
-            Duration::from_secs(10)
+            time_left(Some(1_000), 0, MARGIN),
+            Some(Duration::from_secs(940))
         );
-        assert_eq!(servable_for(Some(50), 0, TTL, MARGIN), Duration::ZERO);
-        assert_eq!(servable_for(Some(-5), 0, TTL, MARGIN), Duration::ZERO);
+        assert_eq!(
+            time_left(Some(70), 0, MARGIN),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(time_left(Some(50), 0, MARGIN), Some(Duration::ZERO));
+        assert_eq!(time_left(Some(-5), 0, MARGIN), Some(Duration::ZERO));
+        assert_eq!(
+            time_left(Some(i64::MIN), i64::MAX, Duration::MAX),
+            Some(Duration::ZERO)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_end_of_any_sign_time_window_is_read(start in 0i64..4_000_000_000, window in 0i64..100_000, key_extra in 0i64..100) {
+            let end = start + window;
+            let url = format!("https://b.cos.x.myqcloud.com/a/b.zip?q-sign-time={start};{end}&q-key-time={start};{}&q-signature=0", end + key_extra);
+            proptest::prop_assert_eq!(url_end_unix(&url), Some(end));
+        }
+
+        #[test]
+        fn time_left_never_passes_the_url_end_minus_the_margin(end in proptest::option::of(-10_000i64..10_000), now in -10_000i64..10_000, margin in 0u64..1_000) {
+            let margin = Duration::from_secs(margin);
+            match (end, time_left(end, now, margin)) {
+                (None, left) => proptest::prop_assert_eq!(left, None),
+                (Some(end), Some(left)) => proptest::prop_assert!(now + left.as_secs() as i64 <= (end - margin.as_secs() as i64).max(now)),
+                (Some(_), None) => proptest::prop_assert!(false, "a URL with an end has a time left"),
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,200}") {
+            let _ = url_end_unix(&text);
+        }
     }
 }

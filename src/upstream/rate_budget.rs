@@ -9,7 +9,7 @@
 //! whatever the latency.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,21 +19,26 @@ use crate::error::GatewayError;
 
 /// How long a slot stays busy after its call has been answered.
 pub const HOLD_AFTER_ANSWER: Duration = Duration::from_secs(1);
+/// While upstream throttles, slots are held this much longer (half the rate).
+const THROTTLED_HOLD_AFTER_ANSWER: Duration = Duration::from_secs(2);
+/// How long one upstream `RequestLimitExceeded` slows the budget down.
+const THROTTLE_PERIOD: Duration = Duration::from_secs(5);
 
 /// N slots for one action, plus a bound on how many requests may wait.
 #[derive(Debug)]
 pub struct RateBudget {
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
     max_waiting: usize,
-    hold_after_answer: Duration,
+    throttled_until: Arc<Mutex<Option<Instant>>>,
 }
 
-/// One upstream call's slot. Dropping it frees the slot `HOLD_AFTER_ANSWER` later.
+/// One upstream call's slot. Dropping it frees the slot a second (two while
+/// upstream throttles) later.
 #[derive(Debug)]
 pub struct RateSlot {
     permit: Option<OwnedSemaphorePermit>,
-    hold_after_answer: Duration,
+    throttled_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RateBudget {
@@ -42,22 +47,23 @@ impl RateBudget {
     pub fn new(per_sec: u32, max_waiting: usize) -> Self {
         RateBudget {
             slots: Arc::new(Semaphore::new(per_sec as usize)),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting,
-            hold_after_answer: HOLD_AFTER_ANSWER,
+            throttled_until: Arc::new(Mutex::new(None)),
         }
     }
 
     /// Waits for a slot until `deadline`; refuses at once when too many wait already.
     pub async fn acquire_until(&self, deadline: Instant) -> Result<RateSlot, GatewayError> {
-        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(self.slot(permit));
+        if let Some(slot) = self.try_acquire() {
+            return Ok(slot);
         }
         let exhausted = GatewayError::RateBudgetExhausted {
-            retry_after: self.hold_after_answer,
+            retry_after: HOLD_AFTER_ANSWER,
         };
-        let _waiter =
-            WaiterGuard::enter(&self.waiting, self.max_waiting).ok_or(exhausted.clone())?;
+        let Some(_waiter) = WaiterGuard::enter(&self.waiting, self.max_waiting) else {
+            return Err(exhausted);
+        };
         match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(self.slot(permit)),
             // Timed out, or the semaphore was closed (never happens: it is never closed).
@@ -65,13 +71,18 @@ impl RateBudget {
         }
     }
 
-    /// Takes a slot only if one is free now (for background work that must
-    /// never delay a client).
+    /// Takes a slot only if one is free now. The semaphore is fair, so this
+    /// fails while anyone waits: background work never delays a client.
     pub fn try_acquire(&self) -> Option<RateSlot> {
         Arc::clone(&self.slots)
             .try_acquire_owned()
             .ok()
             .map(|p| self.slot(p))
+    }
+
+    /// Upstream answered `RequestLimitExceeded`: slow down for a while.
+    pub fn note_throttled(&self) {
+        *lock(&self.throttled_until) = Some(Instant::now() + THROTTLE_PERIOD);
     }
 
     /// Requests currently waiting for a slot.
@@ -82,9 +93,13 @@ impl RateBudget {
     fn slot(&self, permit: OwnedSemaphorePermit) -> RateSlot {
         RateSlot {
             permit: Some(permit),
-            hold_after_answer: self.hold_after_answer,
+            throttled_until: Arc::clone(&self.throttled_until),
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for RateSlot {
@@ -92,7 +107,12 @@ impl Drop for RateSlot {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let hold = self.hold_after_answer;
+        let throttled = lock(&self.throttled_until).is_some_and(|until| Instant::now() < until);
+        let hold = if throttled {
+            THROTTLED_HOLD_AFTER_ANSWER
+        } else {
+            HOLD_AFTER_ANSWER
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
@@ -106,18 +126,20 @@ impl Drop for RateSlot {
     }
 }
 
-/// Counts a waiting request for as long as it lives.
-struct WaiterGuard<'a>(&'a AtomicUsize);
+/// Counts one waiting request for as long as it lives.
+#[derive(Debug)]
+pub struct WaiterGuard(Arc<AtomicUsize>);
 
-impl<'a> WaiterGuard<'a> {
-    fn enter(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+impl WaiterGuard {
+    /// Counts one more waiter on `counter`, unless `max` already wait.
+    pub fn enter(counter: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
         let before = counter.fetch_add(1, Ordering::AcqRel);
-        let guard = WaiterGuard(counter);
+        let guard = WaiterGuard(Arc::clone(counter));
         (before < max).then_some(guard)
     }
 }
 
-impl Drop for WaiterGuard<'_> {
+impl Drop for WaiterGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -137,6 +159,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(999)).await;
         assert!(budget.try_acquire().is_none());
         tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(budget.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_upstream_throttles_slots_are_held_longer() {
+        let budget = RateBudget::new(1, 10);
+        budget.note_throttled();
+        drop(budget.try_acquire().unwrap());
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(budget.try_acquire().is_none());
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(budget.try_acquire().is_some());
     }
 
@@ -162,5 +195,25 @@ mod tests {
         assert!(budget.acquire_until(deadline).await.is_err());
         assert_eq!(started.elapsed(), Duration::ZERO);
         first.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_free_slot_is_not_taken_from_under_a_waiter() {
+        let budget = Arc::new(RateBudget::new(1, 10));
+        let held = budget.try_acquire().unwrap();
+        let b = Arc::clone(&budget);
+        let waiter = tokio::spawn(async move {
+            b.acquire_until(Instant::now() + Duration::from_secs(10))
+                .await
+                .is_ok()
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(1_001)).await;
+        assert!(
+            budget.try_acquire().is_none(),
+            "background took the waiter's slot"
+        );
+        assert!(waiter.await.unwrap());
     }
 }

@@ -186,7 +186,8 @@ async fn upstream_failures_are_not_cached() {
     let ok = app.rest_get("mp-slow").await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.x_cache(), "MISS");
-    assert_eq!(app.sim.calls_for(PLATFORM, "mp-slow"), 2);
+    // Three timed-out attempts (two retries), then the one that succeeded.
+    assert_eq!(app.sim.calls_for(PLATFORM, "mp-slow"), 4);
 }
 
 #[tokio::test]

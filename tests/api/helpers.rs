@@ -153,6 +153,10 @@ impl TestApp {
         .await
     }
 
+    pub async fn rest_get_owned(&self, mnp: String) -> Answer {
+        self.rest_get(&mnp).await
+    }
+
     pub async fn rest_get(&self, mnp: &str) -> Answer {
         let path = Self::rest_path("mini-programs", PLATFORM, mnp);
         into_answer(self.http.get(self.url(&path)).send().await.expect("sent")).await
@@ -161,4 +165,11 @@ impl TestApp {
 
 pub fn tc_body(platform: &str, mnp: &str) -> String {
     format!(r#"{{"MNPId":"{mnp}","PlatformId":"{platform}"}}"#)
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+pub async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    futures_util::future::join_all(futures).await
 }

@@ -9,4 +9,6 @@ mod helpers;
 mod official_sdk;
 mod process;
 mod rate_limit;
+mod resilience;
+mod server;
 mod signer;

@@ -229,3 +229,40 @@ fn an_unknown_key_in_the_config_file_is_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ttl_seconds"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        .await
+        .unwrap();
+    sim.set_latency(Duration::from_millis(1_500));
+    let mut command = gateway_command(&sim.endpoint());
+    command.env("TCSAS_GATEWAY__UPSTREAM__RATE_LIMIT_PER_SEC", "100");
+    let (process, front) = GatewayProcess::start(command);
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            let request = http.get(format!(
+                "http://{front}/v1/platforms/{PLATFORM}/mini-programs/mp-drain-{i}/offline-package-url"
+            ));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    // Every request has reached the simulator: all 50 are in flight.
+    while sim.total_calls() < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exit = tokio::task::spawn_blocking(move || process.terminate());
+    for request in requests {
+        let response = request.await.unwrap().expect("answered, not cut off");
+        assert_eq!(response.status(), 200);
+    }
+    let (status, _) = exit.await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        reqwest::get(format!("http://{front}/healthz"))
+            .await
+            .is_err(),
+        "still accepting"
+    );
+}
