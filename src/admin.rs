@@ -16,6 +16,9 @@ pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> GatewayResp
     if let Some((response, _)) = probe(&state, &method, &path) {
         return response;
     }
+    if method == Method::GET && path == "/metrics" {
+        return metrics_response(&state);
+    }
     let segments: Vec<&str> = path.split('/').collect();
     let outcome = match (&method, &segments[..]) {
         (&Method::DELETE, ["", "admin", "cache"]) => Ok(state.resolver.purge_all().await),
@@ -54,4 +57,19 @@ async fn purge_one(
         mnp_id: MnpId::parse(mnp)?,
     };
     Ok(u64::from(state.resolver.evict(&key).await))
+}
+
+/// `GET /metrics`: the Prometheus / OpenMetrics text exposition.
+fn metrics_response(state: &AppState) -> GatewayResponse {
+    let upstream = state.resolver.upstream();
+    let waiting = Action::ALL.map(|a| (a, upstream.budget(a).waiting()));
+    let text = state.metrics.encode(state.resolver.entry_count(), waiting);
+    let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
 }

@@ -17,6 +17,7 @@ use hyper::body::Body;
 use crate::credentials::CredentialStore;
 use crate::domain::{Action, PackageKey, Region};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::resolver::{CacheStatus, Resolver};
 use crate::settings::Settings;
 
@@ -34,6 +35,8 @@ static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/jso
 pub struct AppState {
     /// Cache, coalescing and upstream.
     pub resolver: Arc<Resolver>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// The effective settings.
     pub settings: Arc<Settings>,
     /// The credentials upstream calls are signed with.
@@ -68,6 +71,8 @@ pub struct RequestLog {
     pub outcome: String,
     /// Cache status, once known.
     pub cache: Option<CacheStatus>,
+    /// Time spent in upstream calls for this answer.
+    pub upstream_ms: Option<u64>,
 }
 
 impl RequestLog {
@@ -98,6 +103,12 @@ where
         rest::handle(&state, request, &request_id).await
     };
     finish(&mut response, &request_id, log.cache);
+    let took = started.elapsed();
+    if log.front != "probe" {
+        state
+            .metrics
+            .request(log.front, log.action, &log.outcome, took);
+    }
     tracing::info!(
         request_id = %request_id,
         front = log.front,
@@ -107,8 +118,9 @@ where
         key = log.key.as_ref().map(tracing::field::display),
         outcome = %log.outcome,
         cache = log.cache.map(CacheStatus::as_str),
+        upstream_ms = log.upstream_ms,
         status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
+        duration_ms = took.as_micros() as f64 / 1000.0,
         "request"
     );
     response

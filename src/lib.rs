@@ -23,6 +23,7 @@ pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod front;
+pub mod metrics;
 pub mod resolver;
 pub mod server;
 pub mod settings;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 
 use credentials::CredentialStore;
 use front::AppState;
+use metrics::Metrics;
 use resolver::Resolver;
 use server::ConnectionLimits;
 use settings::{Settings, SettingsError};
@@ -70,13 +72,16 @@ impl App {
         let admin = TcpListener::bind(settings.admin.listen)
             .await
             .map_err(|e| bind("admin.listen", settings.admin.listen, e))?;
+        let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(UpstreamClient::new(
             &settings.upstream,
             Arc::clone(&credentials),
+            Arc::clone(&metrics),
         )?);
-        let resolver = Arc::new(Resolver::new(&settings, upstream));
+        let resolver = Arc::new(Resolver::new(&settings, upstream, Arc::clone(&metrics)));
         let state = Arc::new(AppState {
             resolver,
+            metrics,
             settings: Arc::new(settings),
             credentials,
             accepting: AtomicBool::new(true),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use tcsas_gateway::credentials::{CredentialStore, Credentials};
-use tcsas_gateway::settings::{Secret, Settings};
+use tcsas_gateway::credentials::{CredentialProvider, CredentialStore, Credentials};
+use tcsas_gateway::settings::Settings;
 use tcsas_gateway::simulated_upstream::{SimulatedUpstream, SimulatorConfig};
 use tcsas_gateway::{telemetry, App};
 
@@ -38,73 +38,101 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("tcsas-gateway: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e),
     };
     let demo = matches!(cli.command, Some(Command::Demo));
     let credentials = if demo {
         let sim = SimulatorConfig::default();
-        Credentials {
-            secret_id: sim.secret_id,
-            secret_key: Secret::new(sim.secret_key),
-            token: None,
-        }
+        Startup::Demo(Credentials::new(sim.secret_id, sim.secret_key))
     } else {
-        match Credentials::from_env(|name| std::env::var(name).ok()) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("tcsas-gateway: {e}");
-                return ExitCode::from(2);
-            }
+        match CredentialProvider::from_settings(&settings.credentials, |name| {
+            std::env::var(name).ok()
+        }) {
+            Ok(provider) => Startup::Provider(provider),
+            Err(e) => return fail(&e),
         }
     };
-    if matches!(cli.command, Some(Command::CheckConfig)) {
-        print!("{}", settings.to_toml());
-        println!(
-            "# credentials: secret_id = {:?}, secret_key = {}, session token {}",
-            credentials.secret_id,
-            credentials.secret_key,
-            if credentials.token.is_some() {
-                "set"
-            } else {
-                "not set"
-            }
-        );
-        return ExitCode::SUCCESS;
+    if !matches!(cli.command, Some(Command::CheckConfig)) {
+        telemetry::init(&settings.log);
     }
-    telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tcsas-gateway: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(serve(settings, credentials, demo)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tcsas-gateway: {e:#}");
-            ExitCode::FAILURE
-        }
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        return runtime.block_on(check_config(settings, credentials));
+    }
+    match runtime.block_on(serve(settings, credentials)) {
+        Ok(code) => code,
+        Err(e) => fail(&format!("{e:#}")),
     }
 }
 
-async fn serve(mut settings: Settings, credentials: Credentials, demo: bool) -> anyhow::Result<()> {
-    let simulator = if demo {
-        let sim = SimulatedUpstream::start(SimulatorConfig::default())
-            .await
-            .context("cannot start the simulated upstream")?;
-        settings.upstream.endpoint = sim.endpoint();
-        Some(sim)
-    } else {
-        None
+/// Where the gateway's credentials come from at start-up.
+enum Startup {
+    /// `demo`: the simulator's credentials.
+    Demo(Credentials),
+    /// The configured provider.
+    Provider(CredentialProvider),
+}
+
+/// One line on stderr and exit code 2.
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("tcsas-gateway: {e}");
+    ExitCode::from(2)
+}
+
+async fn check_config(settings: Settings, credentials: Startup) -> ExitCode {
+    let credentials = match credentials {
+        Startup::Demo(c) => c,
+        Startup::Provider(mut provider) => match provider.load().await {
+            Ok(c) => c,
+            Err(e) => return fail(&e),
+        },
     };
-    let app = App::build(settings, Arc::new(CredentialStore::with(credentials))).await?;
+    print!("{}", settings.to_toml());
+    println!(
+        "# credentials: secret_id = {:?}, secret_key = {}, session token {}",
+        credentials.secret_id,
+        credentials.secret_key,
+        if credentials.token.is_some() {
+            "set"
+        } else {
+            "not set"
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+async fn serve(mut settings: Settings, credentials: Startup) -> anyhow::Result<ExitCode> {
+    let store = Arc::new(CredentialStore::default());
+    let mut simulator = None;
+    let mut refresher = None;
+    match credentials {
+        Startup::Demo(credentials) => {
+            let sim = SimulatedUpstream::start(SimulatorConfig::default())
+                .await
+                .context("cannot start the simulated upstream")?;
+            settings.upstream.endpoint = sim.endpoint();
+            simulator = Some(sim);
+            store.replace(credentials);
+        }
+        Startup::Provider(mut provider) => {
+            match provider.load().await {
+                Ok(credentials) => store.replace(credentials),
+                Err(e) if provider.fails_fast() => return Ok(fail(&e)),
+                Err(e) => tracing::warn!(error = %e, "no credentials yet: starting not ready"),
+            }
+            refresher = Some(tokio::spawn(provider.keep_fresh(Arc::clone(&store))));
+        }
+    }
+    let app = match App::build(settings, store).await {
+        Ok(app) => app,
+        Err(e) => return Ok(fail(&e)),
+    };
     let front = app.local_addr();
     let admin = app.admin_addr();
     tracing::info!(%front, %admin, "tcsas-gateway listening");
@@ -112,8 +140,11 @@ async fn serve(mut settings: Settings, credentials: Credentials, demo: bool) -> 
         print_demo_help(front, &sim.endpoint());
     }
     tcsas_gateway::run(app, shutdown_signal()).await;
+    if let Some(refresher) = refresher {
+        refresher.abort();
+    }
     drop(simulator);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_demo_help(front: std::net::SocketAddr, upstream: &str) {

@@ -4,7 +4,7 @@
 pub mod url_expiry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use moka::Expiry;
 
 use crate::domain::{PackageKey, Region};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
+use crate::metrics::{CacheEvent, Metrics};
 use crate::settings::Settings;
 use crate::upstream::rate_budget::{RateSlot, WaiterGuard, HOLD_AFTER_ANSWER};
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
@@ -130,6 +131,8 @@ pub struct Resolution {
     pub cache: CacheStatus,
     /// Whether this request shared another request's upstream call.
     pub coalesced: bool,
+    /// Time the upstream call(s) behind this answer took.
+    pub upstream_ms: Option<u64>,
 }
 
 impl Resolution {
@@ -138,6 +141,7 @@ impl Resolution {
             outcome,
             cache,
             coalesced: false,
+            upstream_ms: None,
         }
     }
 }
@@ -168,6 +172,14 @@ struct InflightFetch {
     has_slot: Arc<AtomicBool>,
     /// Requests waiting on this call (bounded by `upstream.max_waiting`).
     waiters: Arc<AtomicUsize>,
+    /// Milliseconds spent in upstream calls so far.
+    upstream_ms: Arc<AtomicU64>,
+}
+
+/// What a shared call reports while it runs.
+struct FetchProgress {
+    has_slot: Arc<AtomicBool>,
+    upstream_ms: Arc<AtomicU64>,
 }
 
 /// How a shared call gets its rate slots and how hard it tries.
@@ -224,6 +236,7 @@ pub struct Resolver {
     request_timeout: Duration,
     max_retries: u32,
     max_waiting: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -236,7 +249,7 @@ impl std::fmt::Debug for Resolver {
 
 impl Resolver {
     /// A resolver with an empty cache sized by `settings`.
-    pub fn new(settings: &Settings, upstream: Arc<UpstreamClient>) -> Self {
+    pub fn new(settings: &Settings, upstream: Arc<UpstreamClient>, metrics: Arc<Metrics>) -> Self {
         let request_timeout = settings.server.request_timeout();
         // A slot taken with almost no time left would spend budget on a
         // call that cannot finish: stop waiting for one a quarter of the
@@ -266,6 +279,7 @@ impl Resolver {
             request_timeout,
             max_retries: settings.upstream.max_retries,
             max_waiting: settings.upstream.max_waiting,
+            metrics,
         }
     }
 
@@ -286,20 +300,22 @@ impl Resolver {
                     request_id: None,
                     ..api.clone()
                 };
+                self.metrics.cache_event(CacheEvent::negative_hit);
                 return Resolution::cached(Err(GatewayError::Upstream(api)), CacheStatus::Hit);
             }
             Some(CachedAnswer::Url(url)) => {
                 if !lookup.revalidate && now < url.fresh_until {
+                    self.metrics.cache_event(CacheEvent::hit);
                     return Resolution::cached(Ok(served(url)), CacheStatus::Hit);
                 }
                 if !lookup.revalidate && now < url.stale_until {
                     self.refresh_in_background(&lookup);
-                    return Resolution::cached(Ok(served(url)), CacheStatus::Stale);
+                    return self.stale(url);
                 }
                 if now < url.stale_if_error_until {
                     if self.failing.contains_key(&lookup.key) {
                         // Upstream failed for this key moments ago: not again yet.
-                        return Resolution::cached(Ok(served(url)), CacheStatus::Stale);
+                        return self.stale(url);
                     }
                     fallback = Some(Arc::clone(url));
                 }
@@ -324,11 +340,16 @@ impl Resolver {
             Ok(joined) => joined,
             Err(e) => {
                 return match fallback {
-                    Some(url) => Resolution::cached(Ok(served(&url)), CacheStatus::Stale),
+                    Some(url) => self.stale(&url),
                     None => Resolution::cached(Err(e), CacheStatus::Miss),
                 }
             }
         };
+        self.metrics.cache_event(if coalesced {
+            CacheEvent::coalesced
+        } else {
+            CacheEvent::miss
+        });
         let outcome = match tokio::time::timeout_at(deadline, fetch.result).await {
             Ok(result) => result,
             // The shared call goes on for the others and fills the cache.
@@ -341,12 +362,16 @@ impl Resolver {
                 timeout_ms: waited_since.elapsed().as_millis() as u64,
             }),
         };
+        let upstream_ms = Some(fetch.upstream_ms.load(Ordering::Acquire)).filter(|ms| *ms > 0);
         match (outcome, fallback) {
             (Err(e), Some(url))
                 if e.allows_stale() && Instant::now() < url.stale_if_error_until =>
             {
                 tracing::debug!(error = %e, "upstream failed; serving the stale URL");
-                Resolution::cached(Ok(served(&url)), CacheStatus::Stale)
+                Resolution {
+                    upstream_ms,
+                    ..self.stale(&url)
+                }
             }
             (outcome, _) => Resolution {
                 outcome: outcome.map(|s| Served {
@@ -356,8 +381,14 @@ impl Resolver {
                 }),
                 cache: CacheStatus::Miss,
                 coalesced,
+                upstream_ms,
             },
         }
+    }
+
+    fn stale(&self, url: &Arc<CachedUrl>) -> Resolution {
+        self.metrics.cache_event(CacheEvent::stale);
+        Resolution::cached(Ok(served(url)), CacheStatus::Stale)
     }
 
     /// Drops the cached answer for `key`; true if there was one.
@@ -372,6 +403,11 @@ impl Resolver {
         self.cache.invalidate_all();
         self.cache.run_pending_tasks().await;
         count
+    }
+
+    /// The metrics this resolver reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Number of cached answers (approximate until pending tasks run).
@@ -422,11 +458,15 @@ impl Resolver {
         let key = lookup.key.clone();
         let resolver = Arc::clone(self);
         let has_slot = Arc::new(AtomicBool::new(plan.slot.is_some()));
-        let slot_flag = Arc::clone(&has_slot);
+        let upstream_ms = Arc::new(AtomicU64::new(0));
+        let progress = FetchProgress {
+            has_slot: Arc::clone(&has_slot),
+            upstream_ms: Arc::clone(&upstream_ms),
+        };
         // Spawned so a client hanging up cannot cancel the shared upstream call.
         let task = tokio::spawn(async move {
             let key = lookup.key.clone();
-            let result = resolver.fetch_and_store(lookup, plan, &slot_flag).await;
+            let result = resolver.fetch_and_store(lookup, plan, &progress).await;
             resolver
                 .inflight
                 .lock()
@@ -447,6 +487,7 @@ impl Resolver {
             result,
             has_slot,
             waiters: Arc::new(AtomicUsize::new(0)),
+            upstream_ms,
         };
         // The leader is always let in: the call it starts is what others wait on.
         let waiter = WaiterGuard::enter(&fetch.waiters, usize::MAX);
@@ -459,7 +500,7 @@ impl Resolver {
         &self,
         lookup: Lookup,
         mut plan: FetchPlan,
-        has_slot: &AtomicBool,
+        progress: &FetchProgress,
     ) -> FetchResult {
         if !lookup.revalidate {
             // A call that finished between this request's cache miss and its
@@ -482,7 +523,8 @@ impl Resolver {
                 Some(slot) => slot,
                 None => budget.acquire_until(slot_deadline).await?,
             };
-            has_slot.store(true, Ordering::Release);
+            progress.has_slot.store(true, Ordering::Release);
+            let sent_at = Instant::now();
             let result = self
                 .upstream
                 .call(
@@ -493,6 +535,10 @@ impl Resolver {
                     slot,
                 )
                 .await;
+            let took_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            progress
+                .upstream_ms
+                .fetch_add(took_ms.max(1), Ordering::AcqRel);
             match result {
                 Err(e) if e.is_retryable() && attempt < plan.retries => {
                     let ceiling = RETRY_CAP.min(RETRY_BASE * 2u32.saturating_pow(attempt));
@@ -534,7 +580,9 @@ impl Resolver {
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
-                self.cache.invalidate(key).await;
+                if self.cache.remove(key).await.is_some() {
+                    self.metrics.cache_event(CacheEvent::evicted);
+                }
                 Err(GatewayError::Upstream(api))
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_NOT_EXIST => {

@@ -23,6 +23,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// The URL cache.
     pub cache: CacheSettings,
+    /// Where credentials come from.
+    pub credentials: CredentialSettings,
     /// The admin listener.
     pub admin: AdminSettings,
     /// Logging.
@@ -88,6 +90,34 @@ pub struct CacheSettings {
     pub stale_secs: u64,
     /// Stale-if-error window after freshness ends.
     pub stale_if_error_secs: u64,
+}
+
+/// `[credentials]`: where Tencent Cloud credentials come from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSettings {
+    /// The provider.
+    pub provider: CredentialProviderKind,
+    /// Base URL of the CVM metadata service.
+    pub cvm_metadata_url: String,
+    /// STS endpoint for TKE OIDC.
+    pub sts_endpoint: String,
+}
+
+/// `credentials.provider`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialProviderKind {
+    /// Environment, then profile file, then CVM role, then TKE OIDC.
+    Chain,
+    /// `TENCENTCLOUD_SECRET_ID` / `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`.
+    Env,
+    /// `TENCENTCLOUD_CREDENTIALS_FILE`, else `~/.tencentcloud/credentials`.
+    Profile,
+    /// The CVM instance role, from the metadata service.
+    CvmRole,
+    /// TKE OIDC: STS `AssumeRoleWithWebIdentity`.
+    TkeOidc,
 }
 
 /// `[admin]`: the admin listener.
@@ -192,6 +222,22 @@ impl Settings {
                 "upstream.endpoint",
                 "must be an http:// or https:// URL with a host",
             ));
+        }
+        for (key, value) in [
+            (
+                "credentials.cvm_metadata_url",
+                &self.credentials.cvm_metadata_url,
+            ),
+            ("credentials.sts_endpoint", &self.credentials.sts_endpoint),
+        ] {
+            let ok = url::Url::parse(value)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err(SettingsError::new(
+                    key,
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
         }
         if crate::domain::Region::parse(&self.upstream.region).is_err() {
             return Err(SettingsError::new(

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::credentials::CredentialStore;
 use crate::domain::{Action, PackageKey, Region};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::settings::{SettingsError, UpstreamSettings};
 use envelope::UpstreamAnswer;
 use rate_budget::{RateBudget, RateSlot};
@@ -42,6 +43,7 @@ pub struct UpstreamClient {
     timeout: Duration,
     credentials: Arc<CredentialStore>,
     budgets: [RateBudget; Action::ALL.len()],
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
@@ -49,6 +51,7 @@ impl UpstreamClient {
     pub fn new(
         settings: &UpstreamSettings,
         credentials: Arc<CredentialStore>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, SettingsError> {
         let bad_endpoint = |problem: String| SettingsError {
             key: "upstream.endpoint".to_owned(),
@@ -84,6 +87,7 @@ impl UpstreamClient {
             timeout: Duration::from_millis(settings.timeout_ms),
             credentials,
             budgets: [budget(), budget()],
+            metrics,
         })
     }
 
@@ -146,7 +150,15 @@ impl UpstreamClient {
         if let Some(token) = &credentials.token {
             request = request.header("X-TC-Token", token.expose());
         }
+        let sent_at = std::time::Instant::now();
         let outcome = self.send(request, timeout).await;
+        let result = match &outcome {
+            Ok(UpstreamAnswer::Url { .. }) => "ok",
+            Ok(UpstreamAnswer::ApiError(api)) => api.code.as_str(),
+            Err(_) => "transport",
+        };
+        self.metrics
+            .upstream_call(key.action, result, sent_at.elapsed());
         if let Ok(UpstreamAnswer::ApiError(api)) = &outcome {
             if api.is_rate_limited() {
                 // Before the slot is dropped, so this slot is held longer too.

@@ -27,6 +27,7 @@ pub async fn handle<B>(
     };
     let resolution = state.resolver.resolve(lookup).await;
     log.cache = Some(resolution.cache);
+    log.upstream_ms = resolution.upstream_ms;
     let response = match resolution.outcome {
         Ok(served) => {
             let now = Instant::now();

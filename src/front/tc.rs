@@ -37,6 +37,7 @@ where
     };
     let resolution = state.resolver.resolve(lookup).await;
     log.cache = Some(resolution.cache);
+    log.upstream_ms = resolution.upstream_ms;
     let response = match resolution.outcome {
         Ok(served) => {
             let answer_id = served.upstream_request_id.as_deref().unwrap_or(request_id);

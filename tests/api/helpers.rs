@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tcsas_gateway::credentials::{CredentialStore, Credentials};
-use tcsas_gateway::settings::{Secret, Settings};
+use tcsas_gateway::settings::Settings;
 use tcsas_gateway::simulated_upstream::{SimulatedUpstream, SimulatorConfig};
 use tcsas_gateway::App;
 use tokio::sync::oneshot;
@@ -52,11 +52,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("simulator starts");
     let mut settings = test_settings(&sim.endpoint());
     tune(&mut settings);
-    let credentials = Credentials {
-        secret_id: sim.config().secret_id.clone(),
-        secret_key: Secret::new(sim.config().secret_key.clone()),
-        token: None,
-    };
+    let credentials = Credentials::new(&sim.config().secret_id, &sim.config().secret_key);
     let app = App::build(settings, Arc::new(CredentialStore::with(credentials)))
         .await
         .expect("app builds");
