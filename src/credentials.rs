@@ -18,8 +18,6 @@ pub const ENV_SECRET_KEY: &str = "TENCENTCLOUD_SECRET_KEY";
 /// Environment variable with the optional session token of temporary credentials.
 pub const ENV_SESSION_TOKEN: &str = "TENCENTCLOUD_SESSION_TOKEN";
 
-/// Temporary credentials are renewed this long before they expire.
-pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// How often the profile file is re-read.
 const PROFILE_POLL: Duration = Duration::from_secs(1);
 /// Longest pause between failed refresh attempts.
@@ -152,6 +150,7 @@ impl Source {
 #[derive(Debug)]
 pub struct CredentialProvider {
     kind: CredentialProviderKind,
+    refresh_before_expiry: Duration,
     /// Candidates in order; after the first successful load, only the one that worked.
     candidates: Vec<Source>,
     http: reqwest::Client,
@@ -210,6 +209,7 @@ impl CredentialProvider {
             })?;
         Ok(CredentialProvider {
             kind: settings.provider,
+            refresh_before_expiry: Duration::from_secs(settings.refresh_before_expiry_secs),
             candidates,
             http,
         })
@@ -246,6 +246,21 @@ impl CredentialProvider {
         )))
     }
 
+    /// Loads credentials (an error only when [`fails_fast`](Self::fails_fast)),
+    /// then keeps them fresh on a background task.
+    pub async fn start(
+        mut self,
+    ) -> Result<(Arc<CredentialStore>, tokio::task::JoinHandle<()>), CredentialError> {
+        let store = Arc::new(CredentialStore::default());
+        match self.load().await {
+            Ok(credentials) => store.replace(credentials),
+            Err(e) if self.fails_fast() => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "no credentials yet: starting not ready"),
+        }
+        let refresher = tokio::spawn(self.keep_fresh(Arc::clone(&store)));
+        Ok((store, refresher))
+    }
+
     /// Keeps `store` fresh until the task is dropped: re-reads a profile file
     /// when it changes, renews temporary credentials before they expire.
     pub async fn keep_fresh(mut self, store: Arc<CredentialStore>) {
@@ -262,7 +277,7 @@ impl CredentialProvider {
                 let now = SystemTime::now();
                 let expires_at = store.current().and_then(|c| c.expires_at).unwrap_or(now);
                 let refresh_at = expires_at
-                    .checked_sub(REFRESH_BEFORE_EXPIRY)
+                    .checked_sub(self.refresh_before_expiry)
                     .unwrap_or(now)
                     .max(now + Duration::from_secs(1));
                 tokio::time::sleep(refresh_at.duration_since(now).unwrap_or_default()).await;

@@ -161,9 +161,14 @@ impl GatewayError {
     }
 
     /// A failure during which an old URL may still be served (stale-if-error):
-    /// the retryable ones, plus the gateway's own budget running out.
+    /// the retryable ones, plus the gateway's own budget running out or its
+    /// credentials lapsing.
     pub fn allows_stale(&self) -> bool {
-        self.is_retryable() || matches!(self, GatewayError::RateBudgetExhausted { .. })
+        self.is_retryable()
+            || matches!(
+                self,
+                GatewayError::RateBudgetExhausted { .. } | GatewayError::NotReady(_)
+            )
     }
 
     /// The error message as sent to clients.

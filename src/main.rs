@@ -108,27 +108,25 @@ async fn check_config(settings: Settings, credentials: Startup) -> ExitCode {
 }
 
 async fn serve(mut settings: Settings, credentials: Startup) -> anyhow::Result<ExitCode> {
-    let store = Arc::new(CredentialStore::default());
     let mut simulator = None;
     let mut refresher = None;
-    match credentials {
+    let store = match credentials {
         Startup::Demo(credentials) => {
             let sim = SimulatedUpstream::start(SimulatorConfig::default())
                 .await
                 .context("cannot start the simulated upstream")?;
             settings.upstream.endpoint = sim.endpoint();
             simulator = Some(sim);
-            store.replace(credentials);
+            Arc::new(CredentialStore::with(credentials))
         }
-        Startup::Provider(mut provider) => {
-            match provider.load().await {
-                Ok(credentials) => store.replace(credentials),
-                Err(e) if provider.fails_fast() => return Ok(fail(&e)),
-                Err(e) => tracing::warn!(error = %e, "no credentials yet: starting not ready"),
+        Startup::Provider(provider) => match provider.start().await {
+            Ok((store, task)) => {
+                refresher = Some(task);
+                store
             }
-            refresher = Some(tokio::spawn(provider.keep_fresh(Arc::clone(&store))));
-        }
-    }
+            Err(e) => return Ok(fail(&e)),
+        },
+    };
     let app = match App::build(settings, store).await {
         Ok(app) => app,
         Err(e) => return Ok(fail(&e)),

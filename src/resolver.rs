@@ -511,6 +511,12 @@ impl Resolver {
                 }
             }
         }
+        if !self.upstream.has_credentials() {
+            // Checked before taking a slot: no budget is spent on a call that cannot be signed.
+            return Err(GatewayError::NotReady(
+                "no valid credentials loaded".to_owned(),
+            ));
+        }
         let region = lookup
             .region
             .as_ref()

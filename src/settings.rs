@@ -102,6 +102,8 @@ pub struct CredentialSettings {
     pub cvm_metadata_url: String,
     /// STS endpoint for TKE OIDC.
     pub sts_endpoint: String,
+    /// Temporary credentials are renewed this long before they expire.
+    pub refresh_before_expiry_secs: u64,
 }
 
 /// `credentials.provider`.

@@ -134,6 +134,22 @@ struct SimState {
     latency: Duration,
     fault: Option<Fault>,
     fail_next: HashMap<(String, String), (Fault, u32)>,
+    /// SecretId -> what it signs with; the configured pair is always in it.
+    accepted: HashMap<String, Accepted>,
+    /// Temporary credentials minted by the metadata and STS endpoints.
+    minted: u64,
+    temp_lifetime_secs: i64,
+    metadata_available: bool,
+    metadata_fetches: usize,
+    web_identity_tokens: Vec<String>,
+}
+
+/// Credentials the simulator accepts.
+#[derive(Clone, Debug)]
+struct Accepted {
+    secret_key: String,
+    token: Option<String>,
+    expires_unix: Option<i64>,
 }
 
 /// A running simulator on a loopback port.
@@ -161,8 +177,21 @@ impl SimulatedUpstream {
     pub async fn start_on(addr: SocketAddr, config: SimulatorConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let mut initial = SimState {
+            temp_lifetime_secs: 7200,
+            metadata_available: true,
+            ..SimState::default()
+        };
+        initial.accepted.insert(
+            config.secret_id.clone(),
+            Accepted {
+                secret_key: config.secret_key.clone(),
+                token: config.token.clone(),
+                expires_unix: None,
+            },
+        );
         let config = Arc::new(config);
-        let state = Arc::new(Mutex::new(SimState::default()));
+        let state = Arc::new(Mutex::new(initial));
         let task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&config),
@@ -205,6 +234,38 @@ impl SimulatedUpstream {
     /// A failure for every call (a key's own fault wins), or `None` to heal.
     pub fn set_fault(&self, fault: Option<Fault>) {
         self.state().fault = fault;
+    }
+
+    /// Also accepts these long-term credentials (for rotation tests).
+    pub fn accept_credentials(&self, secret_id: &str, secret_key: &str) {
+        self.state().accepted.insert(
+            secret_id.to_owned(),
+            Accepted {
+                secret_key: secret_key.to_owned(),
+                token: None,
+                expires_unix: None,
+            },
+        );
+    }
+
+    /// Lifetime of the temporary credentials the metadata and STS endpoints mint.
+    pub fn set_temporary_credential_lifetime(&self, secs: i64) {
+        self.state().temp_lifetime_secs = secs;
+    }
+
+    /// Turns the metadata endpoint on or off (off: HTTP 404, no role bound).
+    pub fn set_metadata_available(&self, available: bool) {
+        self.state().metadata_available = available;
+    }
+
+    /// How many times the metadata endpoint handed out credentials.
+    pub fn metadata_fetches(&self) -> usize {
+        self.state().metadata_fetches
+    }
+
+    /// Every `WebIdentityToken` STS received, in order.
+    pub fn web_identity_tokens(&self) -> Vec<String> {
+        self.state().web_identity_tokens.clone()
     }
 
     /// Makes the next `calls` calls for one key fail with `fault`.
@@ -308,6 +369,16 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let arrived_early = Instant::now();
+    if request.uri().path().starts_with(METADATA_PREFIX) {
+        return Ok(metadata(state, request.uri().path()));
+    }
+    if request
+        .headers()
+        .get("x-tc-action")
+        .is_some_and(|a| a == "AssumeRoleWithWebIdentity")
+    {
+        return Ok(assume_role_with_web_identity(state, request).await);
+    }
     let (parts, body) = request.into_parts();
     let header = |name: &str| {
         parts
@@ -366,7 +437,8 @@ async fn answer(
             .take_while(|c| call.arrived - c.arrived < Duration::from_secs(1))
             .filter(|c| c.action == action)
             .count();
-        let verdict = check(config, &parts, &body, &call, recent);
+        let accepted = state.accepted.get(&call.secret_id).cloned();
+        let verdict = check(config, &parts, &body, &call, accepted.as_ref(), recent);
         let behaviour = state.keys.get(&key).copied().unwrap_or_default();
         let one_off = match state.fail_next.get_mut(&key) {
             Some((fault, left)) if *left > 0 && verdict.is_ok() => {
@@ -489,6 +561,114 @@ fn credential_of(authorization: &str) -> Option<&str> {
 
 type Verdict = Result<(), (&'static str, String)>;
 
+/// Where the simulated CVM metadata service lives.
+pub const METADATA_PREFIX: &str = "/latest/meta-data/";
+/// The CAM role the simulated instance has.
+const ROLE_NAME: &str = "tcsas-gateway-role";
+
+/// Mints and registers one set of temporary credentials.
+fn mint(state: &mut SimState, kind: &str) -> (String, String, String, i64) {
+    state.minted += 1;
+    let n = state.minted;
+    let id = format!("AKIDtmp{kind}{n:08}");
+    let key = format!(
+        "tmp-secret-key-{kind}-{n}-{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let token = format!("tmp-token-{kind}-{n}-{}", uuid::Uuid::new_v4().simple());
+    let expires = unix_now_secs() + state.temp_lifetime_secs;
+    state.accepted.insert(
+        id.clone(),
+        Accepted {
+            secret_key: key.clone(),
+            token: Some(token.clone()),
+            expires_unix: Some(expires),
+        },
+    );
+    (id, key, token, expires)
+}
+
+fn metadata(state: &Mutex<SimState>, path: &str) -> Response<Full<Bytes>> {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let text = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r
+    };
+    if !state.metadata_available {
+        return text(StatusCode::NOT_FOUND, "not found".to_owned());
+    }
+    let rest = &path[METADATA_PREFIX.len()..];
+    match rest {
+        "cam/security-credentials/" | "cam/security-credentials" => {
+            text(StatusCode::OK, ROLE_NAME.to_owned())
+        }
+        _ if rest == format!("cam/security-credentials/{ROLE_NAME}") => {
+            state.metadata_fetches += 1;
+            let (id, key, token, expires) = mint(&mut state, "CVM");
+            let body = json!({
+                "TmpSecretId": id,
+                "TmpSecretKey": key,
+                "Token": token,
+                "ExpiredTime": expires,
+                "Expiration": time::OffsetDateTime::from_unix_timestamp(expires)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                "Code": "Success",
+            });
+            text(StatusCode::OK, body.to_string())
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found".to_owned()),
+    }
+}
+
+async fn assume_role_with_web_identity(
+    state: &Mutex<SimState>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let skip = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|a| a == "SKIP");
+    let body = Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let fields: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let field = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("");
+    if !skip {
+        return api_error(
+            "AuthFailure.SignatureFailure",
+            "Authorization must be SKIP.",
+        );
+    }
+    if field("RoleArn").is_empty()
+        || field("ProviderId").is_empty()
+        || field("RoleSessionName").is_empty()
+    {
+        return api_error(
+            "MissingParameter",
+            "RoleArn, ProviderId and RoleSessionName are required.",
+        );
+    }
+    let token = field("WebIdentityToken").to_owned();
+    if token.is_empty() {
+        return api_error(
+            "InvalidParameter.WebIdentityTokenError",
+            "The token is invalid.",
+        );
+    }
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    state.web_identity_tokens.push(token);
+    let (id, key, session_token, expires) = mint(&mut state, "STS");
+    envelope(json!({
+        "Credentials": {"Token": session_token, "TmpSecretId": id, "TmpSecretKey": key},
+        "ExpiredTime": expires,
+        "Expiration": "",
+    }))
+}
+
 /// What Tencent Cloud checks, in its order: headers, action, credentials,
 /// timestamp, signature, rate limit, parameters.
 fn check(
@@ -496,6 +676,7 @@ fn check(
     parts: &http::request::Parts,
     body: &[u8],
     call: &SeenCall,
+    accepted: Option<&Accepted>,
     recent_same_action: usize,
 ) -> Verdict {
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -515,21 +696,30 @@ fn check(
     let Some(authorization) = header("authorization") else {
         return fail("AuthFailure.SignatureFailure", "Authorization is missing.");
     };
-    if call.secret_id != config.secret_id {
+    let Some(accepted) = accepted else {
         return fail("AuthFailure.SecretIdNotFound", "The SecretId is not found.");
-    }
+    };
     if (unix_now_secs() - call.timestamp).abs() > 300 {
         return fail(
             "AuthFailure.SignatureExpire",
             "The signature expired: the timestamp is more than 5 minutes off.",
         );
     }
-    if config.token.is_some() && call.token != config.token {
+    if accepted.token.is_some() && call.token != accepted.token {
         return fail("AuthFailure.TokenFailure", "The token is invalid.");
     }
+    if accepted
+        .expires_unix
+        .is_some_and(|end| end <= unix_now_secs())
+    {
+        return fail(
+            "AuthFailure.TokenFailure",
+            "The temporary credentials have expired.",
+        );
+    }
     let expected = signer::authorization(&SigningInput {
-        secret_id: &config.secret_id,
-        secret_key: &config.secret_key,
+        secret_id: &call.secret_id,
+        secret_key: &accepted.secret_key,
         service: &config.service,
         host: header("host").unwrap_or(""),
         content_type: header("content-type").unwrap_or(""),

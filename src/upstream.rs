@@ -96,6 +96,11 @@ impl UpstreamClient {
         &self.budgets[action.index()]
     }
 
+    /// Whether valid credentials are held to sign with.
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.current().is_some()
+    }
+
     /// The timeout of one call.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tcsas_gateway::credentials::{CredentialStore, Credentials};
+use tcsas_gateway::credentials::{CredentialProvider, CredentialStore, Credentials};
 use tcsas_gateway::settings::Settings;
 use tcsas_gateway::simulated_upstream::{SimulatedUpstream, SimulatorConfig};
 use tcsas_gateway::App;
@@ -21,12 +21,16 @@ pub struct TestApp {
     pub sim: SimulatedUpstream,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
         }
     }
 }
@@ -53,9 +57,36 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&sim.endpoint());
     tune(&mut settings);
     let credentials = Credentials::new(&sim.config().secret_id, &sim.config().secret_key);
-    let app = App::build(settings, Arc::new(CredentialStore::with(credentials)))
+    let store = Arc::new(CredentialStore::with(credentials));
+    start(sim, settings, store, None).await
+}
+
+/// A gateway whose credentials come from a real provider, reading `env`;
+/// `tune` gets the settings and the simulator (for its endpoint).
+pub async fn spawn_app_with_provider(
+    env: Vec<(String, String)>,
+    tune: impl FnOnce(&mut Settings, &SimulatedUpstream),
+) -> TestApp {
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
         .await
-        .expect("app builds");
+        .expect("simulator starts");
+    let mut settings = test_settings(&sim.endpoint());
+    tune(&mut settings, &sim);
+    let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+    let provider =
+        CredentialProvider::from_settings(&settings.credentials, |k| env.get(k).cloned())
+            .expect("provider settings are valid");
+    let (store, refresher) = provider.start().await.expect("credentials load");
+    start(sim, settings, store, Some(refresher)).await
+}
+
+async fn start(
+    sim: SimulatedUpstream,
+    settings: Settings,
+    store: Arc<CredentialStore>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+) -> TestApp {
+    let app = App::build(settings, store).await.expect("app builds");
     let addr = app.local_addr();
     let admin = app.admin_addr();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -71,6 +102,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
             .build()
             .expect("client builds"),
         stop: Some(stop),
+        refresher,
     }
 }
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod caching;
 mod coalescing;
+mod credentials;
 mod eviction;
 mod helpers;
 mod official_sdk;
