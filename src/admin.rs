@@ -1,5 +1,6 @@
 //! The admin listener: probes and cache purge.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,12 +10,19 @@ use crate::domain::{Action, MnpId, PackageKey, PlatformId};
 use crate::error::GatewayError;
 use crate::front::{json_response, probe, AppState, GatewayResponse};
 
-/// Answers one request on the admin listener.
-pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> GatewayResponse {
+/// Answers one request on the admin listener from the client at `peer`.
+pub async fn handle<B>(
+    state: Arc<AppState>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> GatewayResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if let Some((response, _)) = probe(&state, &method, &path) {
         return response;
+    }
+    if let Err(e) = state.admin_access.check(peer.ip(), &request) {
+        return error_response(&e);
     }
     if method == Method::GET && path == "/metrics" {
         return metrics_response(&state);
@@ -30,17 +38,19 @@ pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> GatewayResp
             crate::domain::truncate_for_message(&path)
         ))),
     };
-    let (status, body) = match outcome {
+    match outcome {
         Ok(purged) => {
             tracing::info!(%path, purged, "cache purge");
-            (StatusCode::OK, serde_json::json!({ "purged": purged }))
+            let body = serde_json::json!({ "purged": purged });
+            json_response(StatusCode::OK, Bytes::from(body.to_string()))
         }
-        Err(e) => (
-            e.rest_status(),
-            serde_json::json!({"error": {"code": e.tc_code(), "message": e.message()}}),
-        ),
-    };
-    json_response(status, Bytes::from(body.to_string()))
+        Err(e) => error_response(&e),
+    }
+}
+
+fn error_response(e: &GatewayError) -> GatewayResponse {
+    let body = serde_json::json!({"error": {"code": e.tc_code(), "message": e.message()}});
+    json_response(e.rest_status(), Bytes::from(body.to_string()))
 }
 
 async fn purge_one(

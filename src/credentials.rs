@@ -18,8 +18,6 @@ pub const ENV_SECRET_KEY: &str = "TENCENTCLOUD_SECRET_KEY";
 /// Environment variable with the optional session token of temporary credentials.
 pub const ENV_SESSION_TOKEN: &str = "TENCENTCLOUD_SESSION_TOKEN";
 
-/// How often the profile file is re-read.
-const PROFILE_POLL: Duration = Duration::from_secs(1);
 /// Longest pause between failed refresh attempts.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -272,7 +270,7 @@ impl CredentialProvider {
         };
         match source {
             Source::Env(_) => {}
-            Source::Profile(path) => profile::watch(&path, &store, PROFILE_POLL).await,
+            Source::Profile(path) => profile::watch(&path, &store).await,
             Source::CvmRole(_) | Source::TkeOidc(_) => loop {
                 let now = SystemTime::now();
                 let expires_at = store.current().and_then(|c| c.expires_at).unwrap_or(now);

@@ -75,6 +75,12 @@ pub enum GatewayError {
     /// The gateway is not ready to call upstream (e.g. no credentials).
     #[error("{0}")]
     NotReady(String),
+    /// The client did not present a valid token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The client's address is not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// A fault inside the gateway itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +103,9 @@ impl GatewayError {
                 "ServiceUnavailable"
             }
             GatewayError::NotReady(_) => "ServiceUnavailable",
+            GatewayError::Unauthorized(_) | GatewayError::Forbidden(_) => {
+                "AuthFailure.UnauthorizedOperation"
+            }
             GatewayError::Internal(_) => "InternalError",
         }
     }
@@ -120,6 +129,8 @@ impl GatewayError {
             GatewayError::UpstreamTransport(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -4,6 +4,7 @@ pub mod rest;
 pub mod tc;
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 
+use crate::access::AccessPolicy;
 use crate::credentials::CredentialStore;
 use crate::domain::{Action, PackageKey, Region};
 use crate::error::GatewayError;
@@ -37,6 +39,10 @@ pub struct AppState {
     pub resolver: Arc<Resolver>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may call the front listener.
+    pub access: AccessPolicy,
+    /// Who may call the admin routes.
+    pub admin_access: AccessPolicy,
     /// The effective settings.
     pub settings: Arc<Settings>,
     /// The credentials upstream calls are signed with.
@@ -85,8 +91,12 @@ impl RequestLog {
     }
 }
 
-/// Answers one request on the front listener.
-pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> GatewayResponse
+/// Answers one request on the front listener from the client at `peer`.
+pub async fn handle<B>(
+    state: Arc<AppState>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> GatewayResponse
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -95,10 +105,17 @@ where
     let request_id = request_id(&request);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (mut response, log) = if path == "/" {
-        tc::handle(&state, request, &request_id).await
-    } else if let Some(probe) = probe(&state, &method, &path) {
+    let (mut response, log) = if let Some(probe) = probe(&state, &method, &path) {
+        // Probes answer everyone: kubelets send no token.
         probe
+    } else if let Err(refused) = state.access.check(peer.ip(), &request) {
+        if path == "/" {
+            tc::refuse(&refused, &request_id)
+        } else {
+            rest::refuse(&refused)
+        }
+    } else if path == "/" {
+        tc::handle(&state, request, &request_id).await
     } else {
         rest::handle(&state, request, &request_id).await
     };

@@ -18,6 +18,7 @@
 //! cache purges on a second listener; [`simulated_upstream`] stands in for
 //! Tencent Cloud in `demo` and the tests.
 
+pub mod access;
 pub mod admin;
 pub mod credentials;
 pub mod domain;
@@ -30,6 +31,7 @@ pub mod settings;
 pub mod simulated_upstream;
 pub mod telemetry;
 pub mod upstream;
+pub mod watched_file;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +42,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use access::AccessPolicy;
 use credentials::CredentialStore;
 use front::AppState;
 use metrics::Metrics;
@@ -79,9 +82,23 @@ impl App {
             Arc::clone(&metrics),
         )?);
         let resolver = Arc::new(Resolver::new(&settings, upstream, Arc::clone(&metrics)));
+        let access = AccessPolicy::new(
+            "server.allow_cidrs",
+            &settings.server.allow_cidrs,
+            "server.auth_token_file",
+            settings.server.auth_token_file.as_deref(),
+        )?;
+        let admin_access = AccessPolicy::new(
+            "admin.allow_cidrs",
+            &[],
+            "admin.auth_token_file",
+            settings.admin.auth_token_file.as_deref(),
+        )?;
         let state = Arc::new(AppState {
             resolver,
             metrics,
+            access,
+            admin_access,
             settings: Arc::new(settings),
             credentials,
             accepting: AtomicBool::new(true),
@@ -127,13 +144,18 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
         header_read_timeout: Duration::from_millis(server_settings.header_read_timeout_ms),
         shutdown_grace: Duration::from_secs(server_settings.shutdown_grace_secs),
     };
+    let token_watchers: Vec<_> = [state.access.token_file(), state.admin_access.token_file()]
+        .into_iter()
+        .flatten()
+        .map(|token| tokio::spawn(token.watch()))
+        .collect();
     let (stop, stopped) = watch::channel(false);
     let front_state = Arc::clone(&state);
     let front_task = tokio::spawn(server::serve(
         "front",
         front,
         limits,
-        move |request| front::handle(Arc::clone(&front_state), request),
+        move |request, peer| front::handle(Arc::clone(&front_state), request, peer),
         stopped.clone(),
     ));
     let admin_state = Arc::clone(&state);
@@ -141,7 +163,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
         "admin",
         admin,
         limits,
-        move |request| admin::handle(Arc::clone(&admin_state), request),
+        move |request, peer| admin::handle(Arc::clone(&admin_state), request, peer),
         stopped,
     ));
     shutdown.await;
@@ -149,4 +171,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
     tracing::info!("shutting down: readiness off, draining in-flight requests");
     let _ = stop.send(true);
     let _ = tokio::join!(front_task, admin_task);
+    for watcher in token_watchers {
+        watcher.abort();
+    }
 }

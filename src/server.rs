@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub async fn serve<H, Fut>(
     handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = GatewayResponse> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -76,7 +77,7 @@ pub async fn serve<H, Fut>(
         let handler = handler.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(request).await) }
+            async move { Ok::<_, Infallible>(handler(request, peer).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

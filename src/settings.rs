@@ -47,6 +47,10 @@ pub struct ServerSettings {
     pub header_read_timeout_ms: u64,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Client address ranges allowed to call; empty allows any.
+    pub allow_cidrs: Vec<String>,
+    /// A file holding the bearer token clients must present; unset: none needed.
+    pub auth_token_file: Option<String>,
 }
 
 /// `[upstream]`: the Tencent Cloud TCSAS API.
@@ -128,6 +132,8 @@ pub enum CredentialProviderKind {
 pub struct AdminSettings {
     /// Address of the admin listener.
     pub listen: SocketAddr,
+    /// A file holding the bearer token the admin routes require; unset: none needed.
+    pub auth_token_file: Option<String>,
 }
 
 /// `[log]`: logging.
@@ -207,6 +213,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("server.allow_cidrs")
                 .source(Some(overrides)),
         );
         let raw = builder.build().map_err(describe_config_error)?;

@@ -1,7 +1,6 @@
 //! The credentials profile file: INI, section `[default]`, `secret_id` / `secret_key`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::{CredentialError, CredentialStore, Credentials};
 
@@ -40,33 +39,18 @@ pub fn parse(text: &str) -> Result<Credentials, String> {
     Ok(Credentials::new(get("secret_id")?, get("secret_key")?))
 }
 
-/// Re-reads the file every `poll` and swaps in changed credentials.
-///
-/// Watched by path, not by inode: Kubernetes rotates a mounted Secret by
-/// swapping a symlink and deploy tools replace files by renaming, so the
-/// path is opened afresh every time.
-pub async fn watch(path: &Path, store: &CredentialStore, poll: Duration) {
-    let mut last = std::fs::read(path).ok();
-    loop {
-        tokio::time::sleep(poll).await;
-        let now = std::fs::read(path).ok();
-        if now == last {
-            continue;
-        }
-        last = now;
-        match read(path) {
-            Ok(credentials) => {
-                let changed = store.current().is_none_or(|c| *c != credentials);
-                if changed {
-                    tracing::info!(secret_id = %credentials.secret_id, "profile file changed: credentials rotated");
-                    store.replace(credentials);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "profile file changed but is unusable; keeping the current credentials")
+/// Swaps in the credentials whenever the file changes (watched by path).
+pub async fn watch(path: &Path, store: &CredentialStore) {
+    crate::watched_file::watch(path, |_| match read(path) {
+        Ok(credentials) => {
+            if store.current().is_none_or(|c| *c != credentials) {
+                tracing::info!(secret_id = %credentials.secret_id, "profile file changed: credentials rotated");
+                store.replace(credentials);
             }
         }
-    }
+        Err(e) => tracing::warn!(error = %e, "profile file changed but is unusable; keeping the current credentials"),
+    })
+    .await
 }
 
 #[cfg(test)]

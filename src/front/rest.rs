@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AGE, ALLOW, CACHE_CONTROL, RETRY_AFTER};
+use http::header::{HeaderValue, AGE, ALLOW, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, StatusCode};
 
 use super::{
@@ -46,6 +46,18 @@ pub async fn handle<B>(
         }
         Err(e) => error_response(&e, &mut log),
     };
+    (response, log)
+}
+
+/// Answers a refused client: 401 (with `WWW-Authenticate`) or 403.
+pub fn refuse(e: &GatewayError) -> (GatewayResponse, RequestLog) {
+    let mut log = RequestLog::new("rest");
+    let mut response = error_response(e, &mut log);
+    if matches!(e, GatewayError::Unauthorized(_)) {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     (response, log)
 }
 

@@ -54,6 +54,13 @@ where
     (response, log)
 }
 
+/// Answers a refused client in the envelope (`AuthFailure.UnauthorizedOperation`).
+pub fn refuse(e: &GatewayError, request_id: &str) -> (GatewayResponse, RequestLog) {
+    let mut log = RequestLog::new("tc");
+    let response = error_response(e, request_id, &mut log);
+    (response, log)
+}
+
 /// Parses method, action, region and body into a lookup; nothing invalid gets past.
 async fn parse<B>(
     state: &AppState,
