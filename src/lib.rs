@@ -25,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod front;
 pub mod metrics;
+pub mod reload;
 pub mod resolver;
 pub mod server;
 pub mod settings;

@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use tcsas_gateway::credentials::{CredentialProvider, CredentialStore, Credentials};
+use tcsas_gateway::front::AppState;
 use tcsas_gateway::settings::Settings;
 use tcsas_gateway::simulated_upstream::{SimulatedUpstream, SimulatorConfig};
-use tcsas_gateway::{telemetry, App};
+use tcsas_gateway::telemetry::{self, LogControl};
+use tcsas_gateway::App;
 
 /// Caching, coalescing, rate-limited signing gateway for Tencent Cloud TCSAS
 /// offline-package URLs.
@@ -52,9 +54,11 @@ fn main() -> ExitCode {
             Err(e) => return fail(&e),
         }
     };
-    if !matches!(cli.command, Some(Command::CheckConfig)) {
-        telemetry::init(&settings.log);
-    }
+    let log_control = if matches!(cli.command, Some(Command::CheckConfig)) {
+        None
+    } else {
+        telemetry::init(&settings.log)
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::CheckConfig)) {
         return runtime.block_on(check_config(settings, credentials));
     }
-    match runtime.block_on(serve(settings, credentials)) {
+    let reload = Reload {
+        file: cli.config,
+        log: log_control,
+    };
+    match runtime.block_on(serve(settings, credentials, reload)) {
         Ok(code) => code,
         Err(e) => fail(&format!("{e:#}")),
     }
@@ -107,7 +115,17 @@ async fn check_config(settings: Settings, credentials: Startup) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(mut settings: Settings, credentials: Startup) -> anyhow::Result<ExitCode> {
+/// What a SIGHUP needs: the file to re-read and the log filter to change.
+struct Reload {
+    file: Option<PathBuf>,
+    log: Option<LogControl>,
+}
+
+async fn serve(
+    mut settings: Settings,
+    credentials: Startup,
+    reload: Reload,
+) -> anyhow::Result<ExitCode> {
     let mut simulator = None;
     let mut refresher = None;
     let store = match credentials {
@@ -127,6 +145,7 @@ async fn serve(mut settings: Settings, credentials: Startup) -> anyhow::Result<E
             Err(e) => return Ok(fail(&e)),
         },
     };
+    let effective = settings.clone();
     let app = match App::build(settings, store).await {
         Ok(app) => app,
         Err(e) => return Ok(fail(&e)),
@@ -137,7 +156,9 @@ async fn serve(mut settings: Settings, credentials: Startup) -> anyhow::Result<E
     if let Some(sim) = &simulator {
         print_demo_help(front, &sim.endpoint());
     }
+    let reloader = tokio::spawn(reload_on_sighup(app.state(), reload, effective));
     tcsas_gateway::run(app, shutdown_signal()).await;
+    reloader.abort();
     if let Some(refresher) = refresher {
         refresher.abort();
     }
@@ -168,6 +189,39 @@ Bad input never reaches upstream:
 Probes: curl http://{front}/readyz    Stop: Ctrl-C
 "#
     );
+}
+
+/// On every SIGHUP, re-reads the config file and applies what can change
+/// safely; a bad file is rejected with one log line and the old settings stay.
+async fn reload_on_sighup(state: Arc<AppState>, reload: Reload, mut effective: Settings) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: config reload disabled");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let outcome = tcsas_gateway::reload::reload(
+                &state,
+                reload.log.as_ref(),
+                reload.file.as_deref(),
+                &effective,
+            );
+            match outcome {
+                Ok(new) => {
+                    effective = new;
+                    let settings = serde_json::to_string(&effective).unwrap_or_default();
+                    tracing::info!(%settings, reloaded = tcsas_gateway::reload::RELOADABLE, "config reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload rejected; keeping the current settings")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (state, reload, &mut effective);
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -4,8 +4,8 @@
 pub mod url_expiry;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use moka::Expiry;
 use crate::domain::{PackageKey, Region};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
 use crate::metrics::{CacheEvent, Metrics};
-use crate::settings::Settings;
+use crate::settings::{CacheSettings, Settings};
 use crate::upstream::rate_budget::{RateSlot, WaiterGuard, HOLD_AFTER_ANSWER};
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
 
@@ -63,6 +63,19 @@ struct Lifetimes {
     stale_if_error: Duration,
     negative_ttl: Duration,
     expiry_margin: Duration,
+}
+
+impl From<&CacheSettings> for Lifetimes {
+    fn from(cache: &CacheSettings) -> Self {
+        let secs = Duration::from_secs;
+        Lifetimes {
+            ttl: secs(cache.ttl_secs),
+            stale: secs(cache.stale_secs),
+            stale_if_error: secs(cache.stale_if_error_secs),
+            negative_ttl: secs(cache.negative_ttl_secs),
+            expiry_margin: secs(cache.expiry_margin_secs),
+        }
+    }
 }
 
 impl Lifetimes {
@@ -231,10 +244,11 @@ pub struct Resolver {
     failing: Cache<PackageKey, ()>,
     inflight: Mutex<HashMap<PackageKey, InflightFetch>>,
     upstream: Arc<UpstreamClient>,
-    lifetimes: Lifetimes,
+    /// Swapped whole on config reload; read once per upstream answer.
+    lifetimes: RwLock<Lifetimes>,
     call_reserve: Duration,
     request_timeout: Duration,
-    max_retries: u32,
+    max_retries: AtomicU32,
     max_waiting: usize,
     metrics: Arc<Metrics>,
 }
@@ -268,18 +282,26 @@ impl Resolver {
                 .build(),
             inflight: Mutex::new(HashMap::new()),
             upstream,
-            lifetimes: Lifetimes {
-                ttl: secs(cache.ttl_secs),
-                stale: secs(cache.stale_secs),
-                stale_if_error: secs(cache.stale_if_error_secs),
-                negative_ttl: secs(cache.negative_ttl_secs),
-                expiry_margin: secs(cache.expiry_margin_secs),
-            },
+            lifetimes: RwLock::new(Lifetimes::from(cache)),
             call_reserve,
             request_timeout,
-            max_retries: settings.upstream.max_retries,
+            max_retries: AtomicU32::new(settings.upstream.max_retries),
             max_waiting: settings.upstream.max_waiting,
             metrics,
+        }
+    }
+
+    /// Applies reloadable settings: cache lifetimes (for answers fetched from
+    /// now on), retries and the rate limit.
+    pub fn reload(&self, settings: &Settings) {
+        *self.lifetimes.write().unwrap_or_else(|p| p.into_inner()) =
+            Lifetimes::from(&settings.cache);
+        self.max_retries
+            .store(settings.upstream.max_retries, Ordering::Relaxed);
+        for action in crate::domain::Action::ALL {
+            self.upstream
+                .budget(action)
+                .set_rate(settings.upstream.rate_limit_per_sec);
         }
     }
 
@@ -328,7 +350,7 @@ impl Resolver {
         let retries = if fallback.is_some() {
             0
         } else {
-            self.max_retries
+            self.max_retries.load(Ordering::Relaxed)
         };
         let (fetch, coalesced, _waiter) = match self.join_or_start(
             lookup,
@@ -571,7 +593,8 @@ impl Resolver {
         match result {
             Ok(FetchedUrl { url, request_id }) => {
                 self.failing.invalidate(key).await;
-                let cached = Arc::new(self.lifetimes.windows(url, Instant::now(), unix_now_secs()));
+                let lifetimes = *self.lifetimes.read().unwrap_or_else(|p| p.into_inner());
+                let cached = Arc::new(lifetimes.windows(url, Instant::now(), unix_now_secs()));
                 if cached.fresh_until > cached.fetched_at {
                     let answer = CachedAnswer::Url(Arc::clone(&cached));
                     self.cache.insert(key.clone(), Arc::new(answer)).await;
@@ -592,10 +615,15 @@ impl Resolver {
                 Err(GatewayError::Upstream(api))
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_NOT_EXIST => {
-                if !self.lifetimes.negative_ttl.is_zero() {
+                let negative_ttl = self
+                    .lifetimes
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .negative_ttl;
+                if !negative_ttl.is_zero() {
                     let entry = CachedAnswer::NotExist {
                         api: api.clone(),
-                        until: Instant::now() + self.lifetimes.negative_ttl,
+                        until: Instant::now() + negative_ttl,
                     };
                     self.cache.insert(key.clone(), Arc::new(entry)).await;
                 }

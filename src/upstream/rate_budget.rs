@@ -30,7 +30,16 @@ pub struct RateBudget {
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
-    throttled_until: Arc<Mutex<Option<Instant>>>,
+    per_sec: AtomicUsize,
+    shared: Arc<SlotPolicy>,
+}
+
+/// What a slot needs to know when it is given back.
+#[derive(Debug, Default)]
+struct SlotPolicy {
+    throttled_until: Mutex<Option<Instant>>,
+    /// Slots to retire as they come back, after the rate was lowered.
+    retire: AtomicUsize,
 }
 
 /// One upstream call's slot. Dropping it frees the slot a second (two while
@@ -38,7 +47,7 @@ pub struct RateBudget {
 #[derive(Debug)]
 pub struct RateSlot {
     permit: Option<OwnedSemaphorePermit>,
-    throttled_until: Arc<Mutex<Option<Instant>>>,
+    policy: Arc<SlotPolicy>,
 }
 
 impl RateBudget {
@@ -49,7 +58,41 @@ impl RateBudget {
             slots: Arc::new(Semaphore::new(per_sec as usize)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting,
-            throttled_until: Arc::new(Mutex::new(None)),
+            per_sec: AtomicUsize::new(per_sec as usize),
+            shared: Arc::new(SlotPolicy::default()),
+        }
+    }
+
+    /// Changes the number of slots (config reload). Busy slots above a
+    /// lowered rate are retired as they come back, so the ceiling holds.
+    pub fn set_rate(&self, per_sec: u32) {
+        let new = per_sec as usize;
+        let old = self.per_sec.swap(new, Ordering::AcqRel);
+        if new > old {
+            let mut add = new - old;
+            // Cancel pending retirements first.
+            while add > 0 {
+                let retire = self.shared.retire.load(Ordering::Acquire);
+                if retire == 0 {
+                    break;
+                }
+                let take = retire.min(add);
+                if self
+                    .shared
+                    .retire
+                    .compare_exchange(retire, retire - take, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    add -= take;
+                }
+            }
+            self.slots.add_permits(add);
+        } else if old > new {
+            let excess = old - new;
+            let forgotten = self.slots.forget_permits(excess);
+            self.shared
+                .retire
+                .fetch_add(excess - forgotten, Ordering::AcqRel);
         }
     }
 
@@ -82,7 +125,7 @@ impl RateBudget {
 
     /// Upstream answered `RequestLimitExceeded`: slow down for a while.
     pub fn note_throttled(&self) {
-        *lock(&self.throttled_until) = Some(Instant::now() + THROTTLE_PERIOD);
+        *lock(&self.shared.throttled_until) = Some(Instant::now() + THROTTLE_PERIOD);
     }
 
     /// Requests currently waiting for a slot.
@@ -93,7 +136,7 @@ impl RateBudget {
     fn slot(&self, permit: OwnedSemaphorePermit) -> RateSlot {
         RateSlot {
             permit: Some(permit),
-            throttled_until: Arc::clone(&self.throttled_until),
+            policy: Arc::clone(&self.shared),
         }
     }
 }
@@ -107,7 +150,8 @@ impl Drop for RateSlot {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let throttled = lock(&self.throttled_until).is_some_and(|until| Instant::now() < until);
+        let throttled =
+            lock(&self.policy.throttled_until).is_some_and(|until| Instant::now() < until);
         let hold = if throttled {
             THROTTLED_HOLD_AFTER_ANSWER
         } else {
@@ -115,9 +159,18 @@ impl Drop for RateSlot {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
+                let policy = Arc::clone(&self.policy);
                 runtime.spawn(async move {
                     tokio::time::sleep(hold).await;
-                    drop(permit);
+                    let retire =
+                        policy
+                            .retire
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                n.checked_sub(1)
+                            });
+                    if retire.is_ok() {
+                        permit.forget();
+                    }
                 });
             }
             // No runtime means the process is shutting down: never free early.
@@ -170,6 +223,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         assert!(budget.try_acquire().is_none());
         tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(budget.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lowering_the_rate_retires_busy_slots_as_they_come_back() {
+        let budget = RateBudget::new(3, 10);
+        let busy: Vec<_> = (0..3).map(|_| budget.try_acquire().unwrap()).collect();
+        budget.set_rate(1);
+        drop(busy);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert!(budget.try_acquire().is_some());
+        assert!(
+            budget.try_acquire().is_none(),
+            "more slots than the lowered rate"
+        );
+        budget.set_rate(2);
         assert!(budget.try_acquire().is_some());
     }
 

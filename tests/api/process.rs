@@ -71,6 +71,29 @@ impl GatewayProcess {
         (process, front)
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`).
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill runs");
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
     /// Sends SIGTERM and returns the exit status and every stderr line.
     fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
@@ -265,4 +288,79 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
             .is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_ttl_without_dropping_a_request_and_a_broken_file_keeps_the_old() {
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tcsas-gw-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, "[cache]\nttl_secs = 60\n").unwrap();
+    let mut command = gateway_command(&sim.endpoint());
+    command.arg("--config").arg(&file);
+    let (mut process, front) = GatewayProcess::start(command);
+    let url = |mnp: &str| {
+        format!("http://{front}/v1/platforms/{PLATFORM}/mini-programs/{mnp}/offline-package-url")
+    };
+    let x_cache = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_owned();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, url) = (std::sync::Arc::clone(&stop), url("mp-hup-background"));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(
+                    http.get(&url)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0),
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            statuses
+        })
+    };
+    let http = reqwest::Client::new();
+    assert_eq!(
+        x_cache(&http.get(url("mp-hup-a")).send().await.unwrap()),
+        "MISS"
+    );
+
+    std::fs::write(&file, "[cache\nttl_secs = ").unwrap();
+    process.signal("HUP");
+    process.wait_for_line("config reload rejected");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        x_cache(&http.get(url("mp-hup-a")).send().await.unwrap()),
+        "HIT",
+        "the old TTL stays"
+    );
+
+    std::fs::write(&file, "[cache]\nttl_secs = 1\n").unwrap();
+    process.signal("HUP");
+    let line = process.wait_for_line("config reloaded");
+    assert!(line.contains("ttl_secs"), "{line}");
+    assert_eq!(
+        x_cache(&http.get(url("mp-hup-b")).send().await.unwrap()),
+        "MISS"
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        x_cache(&http.get(url("mp-hup-b")).send().await.unwrap()),
+        "STALE",
+        "the new 1 s TTL applies"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic.await.unwrap();
+    assert!(statuses.len() > 50);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (status, _) = process.terminate();
+    assert_eq!(status.code(), Some(0));
 }
