@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
 # (Tencent Cloud's official Python SDK, in a venv under target/), then runs
-# the format and lint checks, compiles the benches, and runs every test.
+# the format and lint checks, runs every test, and validates deploy/ with
+# systemd-analyze and kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,4 @@ export TCSAS_SDK_PYTHON="$PWD/$sdk_venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+./scripts/validate-deploy.sh
