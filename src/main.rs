@@ -31,9 +31,20 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Run the gateway with a built-in simulated TCSAS upstream and print curl lines.
-    Demo,
+    Demo(DemoArgs),
     /// Validate the settings and credentials and print the effective settings.
     CheckConfig,
+}
+
+/// Knobs of the built-in simulator (the load benchmark turns them).
+#[derive(clap::Args, Debug, Default)]
+struct DemoArgs {
+    /// Calls per action the simulator accepts in any one-second window.
+    #[arg(long, default_value_t = 20)]
+    simulator_rate_limit: usize,
+    /// Delay the simulator adds to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    simulator_latency_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -42,10 +53,17 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return fail(&e),
     };
-    let demo = matches!(cli.command, Some(Command::Demo));
-    let credentials = if demo {
-        let sim = SimulatorConfig::default();
-        Startup::Demo(Credentials::new(sim.secret_id, sim.secret_key))
+    let credentials = if let Some(Command::Demo(args)) = cli.command.as_ref() {
+        let sim = SimulatorConfig {
+            rate_limit_per_sec: args.simulator_rate_limit,
+            ..SimulatorConfig::default()
+        };
+        let latency = std::time::Duration::from_millis(args.simulator_latency_ms);
+        Startup::Demo(
+            Credentials::new(&sim.secret_id, &sim.secret_key),
+            sim,
+            latency,
+        )
     } else {
         match CredentialProvider::from_settings(&settings.credentials, |name| {
             std::env::var(name).ok()
@@ -81,8 +99,8 @@ fn main() -> ExitCode {
 
 /// Where the gateway's credentials come from at start-up.
 enum Startup {
-    /// `demo`: the simulator's credentials.
-    Demo(Credentials),
+    /// `demo`: the simulator's credentials, its configuration and latency.
+    Demo(Credentials, SimulatorConfig, std::time::Duration),
     /// The configured provider.
     Provider(CredentialProvider),
 }
@@ -95,7 +113,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
 
 async fn check_config(settings: Settings, credentials: Startup) -> ExitCode {
     let credentials = match credentials {
-        Startup::Demo(c) => c,
+        Startup::Demo(c, _, _) => c,
         Startup::Provider(mut provider) => match provider.load().await {
             Ok(c) => c,
             Err(e) => return fail(&e),
@@ -129,10 +147,11 @@ async fn serve(
     let mut simulator = None;
     let mut refresher = None;
     let store = match credentials {
-        Startup::Demo(credentials) => {
-            let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        Startup::Demo(credentials, config, latency) => {
+            let sim = SimulatedUpstream::start(config)
                 .await
                 .context("cannot start the simulated upstream")?;
+            sim.set_latency(latency);
             settings.upstream.endpoint = sim.endpoint();
             simulator = Some(sim);
             Arc::new(CredentialStore::with(credentials))
