@@ -90,7 +90,7 @@ fn rest_request() -> Request<Full<Bytes>> {
 
 fn cache_hits(c: &mut Criterion) {
     let (runtime, state, _sim) = warm_gateway();
-    let mut answer = |request: Request<Full<Bytes>>| {
+    let answer = |request: Request<Full<Bytes>>| {
         let state = Arc::clone(&state);
         runtime.block_on(async move {
             let response = front::handle(state, request, peer()).await;
