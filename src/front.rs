@@ -73,8 +73,8 @@ pub struct RequestLog {
     pub action: Option<Action>,
     /// The key, once parsed.
     pub key: Option<PackageKey>,
-    /// `ok` or the error code.
-    pub outcome: String,
+    /// The error code; `None` means ok.
+    pub error_code: Option<String>,
     /// Cache status, once known.
     pub cache: Option<CacheStatus>,
     /// Time spent in upstream calls for this answer.
@@ -82,10 +82,19 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
+    /// `ok` or the error code.
+    pub fn outcome(&self) -> &str {
+        self.error_code.as_deref().unwrap_or("ok")
+    }
+
+    /// Records the error answered.
+    pub fn failed(&mut self, e: &GatewayError) {
+        self.error_code = Some(e.tc_code().to_owned());
+    }
+
     fn new(front: &'static str) -> Self {
         RequestLog {
             front,
-            outcome: "ok".to_owned(),
             ..RequestLog::default()
         }
     }
@@ -104,8 +113,9 @@ where
     let started = Instant::now();
     let request_id = request_id(&request);
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let (mut response, log) = if let Some(probe) = probe(&state, &method, &path) {
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let (mut response, log) = if let Some(probe) = probe(&state, &method, path) {
         // Probes answer everyone: kubelets send no token.
         probe
     } else if let Err(refused) = state.access.check(peer.ip(), &request) {
@@ -124,7 +134,7 @@ where
     if log.front != "probe" {
         state
             .metrics
-            .request(log.front, log.action, &log.outcome, took);
+            .request(log.front, log.action, log.outcome(), took);
     }
     tracing::info!(
         request_id = %request_id,
@@ -133,7 +143,7 @@ where
         path = %path,
         action = log.action.map(Action::tc_name),
         key = log.key.as_ref().map(tracing::field::display),
-        outcome = %log.outcome,
+        outcome = log.outcome(),
         cache = log.cache.map(CacheStatus::as_str),
         upstream_ms = log.upstream_ms,
         status = response.status().as_u16(),
@@ -205,7 +215,16 @@ pub fn request_id<B>(request: &Request<B>) -> Arc<str> {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         })
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()))
+        .unwrap_or_else(new_request_id)
+}
+
+/// A random (version 4) UUID. fastrand's thread-local generator rather than
+/// the OS: ids need to be unique, not unpredictable, and a getrandom call per
+/// request cost the hit path measurably (BENCHMARKS.md).
+fn new_request_id() -> Arc<str> {
+    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Arc::from(&*uuid.hyphenated().encode_lower(&mut text))
 }
 
 /// `X-TC-Region` when the client sent one.

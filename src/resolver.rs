@@ -32,6 +32,9 @@ pub struct CachedUrl {
     pub url: String,
     /// The URL as a JSON string literal (quoted and escaped), rendered once.
     pub url_json: Bytes,
+    /// The REST shape's whole body, `{"url":...}`, rendered once per fetch so
+    /// that a hit copies nothing.
+    pub rest_body: Bytes,
     /// When upstream answered it (for `Age`).
     pub fetched_at: Instant,
     /// Served as a hit until then.
@@ -86,9 +89,14 @@ impl Lifetimes {
             url_expiry::time_left(url_expiry::url_end_unix(&url), now_unix, self.expiry_margin);
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
         let url_json = Bytes::from(serde_json::to_vec(&url).unwrap_or_default());
+        let mut rest_body = Vec::with_capacity(url_json.len() + 8);
+        rest_body.extend_from_slice(br#"{"url":"#);
+        rest_body.extend_from_slice(&url_json);
+        rest_body.push(b'}');
         CachedUrl {
             url,
             url_json,
+            rest_body: Bytes::from(rest_body),
             fetched_at: now,
             fresh_until: now + cap(self.ttl),
             stale_until: now + cap(self.ttl + self.stale),

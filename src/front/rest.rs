@@ -31,11 +31,7 @@ pub async fn handle<B>(
     let response = match resolution.outcome {
         Ok(served) => {
             let now = Instant::now();
-            let mut body = Vec::with_capacity(served.url.url_json.len() + 8);
-            body.extend_from_slice(br#"{"url":"#);
-            body.extend_from_slice(&served.url.url_json);
-            body.push(b'}');
-            let mut response = json_response(StatusCode::OK, Bytes::from(body));
+            let mut response = json_response(StatusCode::OK, served.url.rest_body.clone());
             let headers = response.headers_mut();
             let max_age = format!("max-age={}", served.url.fresh_secs_left(now));
             if let Ok(value) = HeaderValue::from_str(&max_age) {
@@ -67,8 +63,10 @@ fn parse<B>(
     state: &AppState,
     log: &mut RequestLog,
 ) -> Result<Lookup, GatewayError> {
-    let segments: Vec<&str> = request.uri().path().split('/').collect();
-    let ["", "v1", "platforms", platform, kind, mnp, "offline-package-url"] = segments[..] else {
+    let mut segments = request.uri().path().splitn(8, '/');
+    let mut next = || segments.next().unwrap_or("/");
+    let [_, v1, platforms, platform, kind, mnp, leaf, rest] = std::array::from_fn(|_| next());
+    let ("v1", "platforms", "offline-package-url", "/") = (v1, platforms, leaf, rest) else {
         return Err(GatewayError::NotFound(format!(
             "no route for {}; see /v1/platforms/{{PlatformId}}/mini-programs/{{MNPId}}/offline-package-url",
             crate::domain::truncate_for_message(request.uri().path())
@@ -101,7 +99,7 @@ fn parse<B>(
 
 /// `{"error":{"code":...,"message":...}}` with the status the error maps to.
 fn error_response(e: &GatewayError, log: &mut RequestLog) -> GatewayResponse {
-    log.outcome = e.tc_code().to_owned();
+    log.failed(e);
     let body = serde_json::json!({"error": {"code": e.tc_code(), "message": e.message()}});
     let mut response = json_response(e.rest_status(), Bytes::from(body.to_string()));
     if let Some(after) = e.retry_after() {
