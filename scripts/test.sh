@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
-# (Tencent Cloud's official Python SDK, in a venv under target/), then runs
+# (Debian's redis-server; Tencent Cloud's official Python SDK, in a venv
+# under target/), then runs
 # the format and lint checks, runs every test, and validates deploy/ with
 # systemd-analyze and kubernetes-validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Fleet-mode tests start their own redis-server processes on random ports.
+if ! command -v redis-server >/dev/null; then
+  echo "installing Debian's redis-server"
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 
 sdk_venv="target/sdk-venv"
 if ! "$sdk_venv/bin/python" -c 'import tencentcloud.tcsas.v20250106' 2>/dev/null; then

@@ -73,7 +73,10 @@ async fn purge_one(
 fn metrics_response(state: &AppState) -> GatewayResponse {
     let upstream = state.resolver.upstream();
     let waiting = Action::ALL.map(|a| (a, upstream.budget(a).waiting()));
-    let text = state.metrics.encode(state.resolver.entry_count(), waiting);
+    let degraded = state.resolver.fleet().is_some_and(|f| f.is_degraded());
+    let text = state
+        .metrics
+        .encode(state.resolver.entry_count(), waiting, degraded);
     let mut response = http::Response::new(http_body_util::Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

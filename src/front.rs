@@ -165,7 +165,19 @@ pub fn probe(
     let response = match path {
         "/healthz" => json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
         "/readyz" => match state.readiness() {
-            Ok(()) => json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
+            Ok(()) => match state.resolver.fleet() {
+                // Degraded still serves (from this replica's cache, with its
+                // fallback budget): ready, with the detail for operators.
+                Some(fleet) if fleet.is_degraded() => json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"status":"ready","redis":"degraded"}"#),
+                ),
+                Some(_) => json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"status":"ready","redis":"ok"}"#),
+                ),
+                None => json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
+            },
             Err(reason) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Bytes::from(

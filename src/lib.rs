@@ -23,6 +23,7 @@ pub mod admin;
 pub mod credentials;
 pub mod domain;
 pub mod error;
+pub mod fleet;
 pub mod front;
 pub mod metrics;
 pub mod reload;
@@ -82,7 +83,24 @@ impl App {
             Arc::clone(&credentials),
             Arc::clone(&metrics),
         )?);
-        let resolver = Arc::new(Resolver::new(&settings, upstream, Arc::clone(&metrics)));
+        let fleet = match &settings.redis.url {
+            Some(url) => Some(
+                fleet::Fleet::connect(
+                    &settings.redis,
+                    url,
+                    settings.upstream.rate_limit_per_sec,
+                    settings.upstream.max_waiting,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let resolver = Arc::new(Resolver::new(
+            &settings,
+            upstream,
+            Arc::clone(&metrics),
+            fleet,
+        ));
         let access = AccessPolicy::new(
             "server.allow_cidrs",
             &settings.server.allow_cidrs,
@@ -150,6 +168,17 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
         .flatten()
         .map(|token| tokio::spawn(token.watch()))
         .collect();
+    let mut background = token_watchers;
+    if let Some(fleet) = state.resolver.fleet() {
+        background.push(tokio::spawn(Arc::clone(fleet).watch_health()));
+        let resolver = Arc::clone(&state.resolver);
+        background.push(tokio::spawn(Arc::clone(fleet).follow_invalidations(
+            move |invalidation| {
+                let resolver = Arc::clone(&resolver);
+                tokio::spawn(async move { resolver.apply(invalidation).await });
+            },
+        )));
+    }
     let (stop, stopped) = watch::channel(false);
     let front_state = Arc::clone(&state);
     let front_task = tokio::spawn(server::serve(
@@ -172,7 +201,7 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
     tracing::info!("shutting down: readiness off, draining in-flight requests");
     let _ = stop.send(true);
     let _ = tokio::join!(front_task, admin_task);
-    for watcher in token_watchers {
-        watcher.abort();
+    for task in background {
+        task.abort();
     }
 }

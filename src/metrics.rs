@@ -88,6 +88,7 @@ pub struct Metrics {
     upstream_duration: Family<ActionLabels, Histogram>,
     cache_entries: Gauge,
     rate_budget_waiting: Family<ActionLabels, Gauge>,
+    redis_degraded: Gauge,
     /// Handles for the labels every cache hit uses, looked up once: the hit
     /// path then costs two atomic adds and a histogram observation.
     ok_requests: [[Counter; Action::ALL.len()]; FRONTS.len()],
@@ -131,6 +132,7 @@ impl Metrics {
         );
         let cache_entries = Gauge::default();
         let rate_budget_waiting = Family::<ActionLabels, Gauge>::default();
+        let redis_degraded = Gauge::default();
         registry.register(
             "tcsas_gateway_requests",
             "Client requests by front, action and outcome (ok or the error code)",
@@ -160,6 +162,11 @@ impl Metrics {
             "tcsas_gateway_cache_entries",
             "Entries in the URL cache",
             cache_entries.clone(),
+        );
+        registry.register(
+            "tcsas_gateway_redis_degraded",
+            "1 while fleet mode cannot reach Redis (serving from this replica with its fallback budget)",
+            redis_degraded.clone(),
         );
         registry.register(
             "tcsas_gateway_rate_budget_waiting",
@@ -195,6 +202,7 @@ impl Metrics {
             upstream_duration,
             cache_entries,
             rate_budget_waiting,
+            redis_degraded,
             encode_lock: Mutex::new(()),
         }
     }
@@ -250,8 +258,10 @@ impl Metrics {
         &self,
         cache_entries: u64,
         waiting: impl IntoIterator<Item = (Action, usize)>,
+        redis_degraded: bool,
     ) -> String {
         let _guard = self.encode_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.redis_degraded.set(i64::from(redis_degraded));
         self.cache_entries
             .set(i64::try_from(cache_entries).unwrap_or(i64::MAX));
         for (action, count) in waiting {

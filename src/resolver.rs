@@ -13,11 +13,12 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::domain::{PackageKey, Region};
+use crate::domain::{Action, PackageKey, Region};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
+use crate::fleet::{unix_now_ms, AnySlot, Claim, Fleet, Invalidation, SharedAnswer};
 use crate::metrics::{CacheEvent, Metrics};
 use crate::settings::{CacheSettings, Settings};
-use crate::upstream::rate_budget::{RateSlot, WaiterGuard, HOLD_AFTER_ANSWER};
+use crate::upstream::rate_budget::{WaiterGuard, HOLD_AFTER_ANSWER};
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
 
 /// First retry back-off ceiling; doubles with each attempt (full jitter).
@@ -89,20 +90,25 @@ impl Lifetimes {
             url_expiry::time_left(url_expiry::url_end_unix(&url), now_unix, self.expiry_margin);
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
         let url_json = Bytes::from(serde_json::to_vec(&url).unwrap_or_default());
-        let mut rest_body = Vec::with_capacity(url_json.len() + 8);
-        rest_body.extend_from_slice(br#"{"url":"#);
-        rest_body.extend_from_slice(&url_json);
-        rest_body.push(b'}');
         CachedUrl {
             url,
+            rest_body: rest_body(&url_json),
             url_json,
-            rest_body: Bytes::from(rest_body),
             fetched_at: now,
             fresh_until: now + cap(self.ttl),
             stale_until: now + cap(self.ttl + self.stale),
             stale_if_error_until: now + cap(self.ttl + self.stale.max(self.stale_if_error)),
         }
     }
+}
+
+/// `{"url":<url_json>}`: the REST shape's body.
+fn rest_body(url_json: &[u8]) -> Bytes {
+    let mut body = Vec::with_capacity(url_json.len() + 8);
+    body.extend_from_slice(br#"{"url":"#);
+    body.extend_from_slice(url_json);
+    body.push(b'}');
+    Bytes::from(body)
 }
 
 /// What the cache holds for a key: a URL, or upstream's "no online version".
@@ -206,7 +212,9 @@ struct FetchProgress {
 /// How a shared call gets its rate slots and how hard it tries.
 struct FetchPlan {
     /// A slot already taken (background refreshes take one before starting).
-    slot: Option<RateSlot>,
+    slot: Option<AnySlot>,
+    /// Background refresh: take a slot only if one is free at once.
+    background: bool,
     /// Attempts after the first.
     retries: u32,
 }
@@ -259,6 +267,7 @@ pub struct Resolver {
     max_retries: AtomicU32,
     max_waiting: usize,
     metrics: Arc<Metrics>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -271,7 +280,12 @@ impl std::fmt::Debug for Resolver {
 
 impl Resolver {
     /// A resolver with an empty cache sized by `settings`.
-    pub fn new(settings: &Settings, upstream: Arc<UpstreamClient>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        upstream: Arc<UpstreamClient>,
+        metrics: Arc<Metrics>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Self {
         let request_timeout = settings.server.request_timeout();
         // A slot taken with almost no time left would spend budget on a
         // call that cannot finish: stop waiting for one a quarter of the
@@ -296,6 +310,7 @@ impl Resolver {
             max_retries: AtomicU32::new(settings.upstream.max_retries),
             max_waiting: settings.upstream.max_waiting,
             metrics,
+            fleet,
         }
     }
 
@@ -306,10 +321,13 @@ impl Resolver {
             Lifetimes::from(&settings.cache);
         self.max_retries
             .store(settings.upstream.max_retries, Ordering::Relaxed);
-        for action in crate::domain::Action::ALL {
+        for action in Action::ALL {
             self.upstream
                 .budget(action)
                 .set_rate(settings.upstream.rate_limit_per_sec);
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.set_rate(settings.upstream.rate_limit_per_sec);
         }
     }
 
@@ -364,6 +382,7 @@ impl Resolver {
             lookup,
             FetchPlan {
                 slot: None,
+                background: false,
                 retries,
             },
         ) {
@@ -421,18 +440,45 @@ impl Resolver {
         Resolution::cached(Ok(served(url)), CacheStatus::Stale)
     }
 
-    /// Drops the cached answer for `key`; true if there was one.
+    /// Drops the cached answer for `key`, in every replica in fleet mode;
+    /// true if this replica had one.
     pub async fn evict(&self, key: &PackageKey) -> bool {
+        if let Some(fleet) = &self.fleet {
+            fleet.evict(key).await;
+        }
         self.cache.remove(key).await.is_some()
     }
 
-    /// Drops every cached answer; returns how many there were.
+    /// Drops every cached answer (everywhere in fleet mode); returns how many
+    /// this replica had.
     pub async fn purge_all(&self) -> u64 {
+        if let Some(fleet) = &self.fleet {
+            fleet.purge_all().await;
+        }
+        self.purge_local().await
+    }
+
+    async fn purge_local(&self) -> u64 {
         self.cache.run_pending_tasks().await;
         let count = self.cache.entry_count();
         self.cache.invalidate_all();
         self.cache.run_pending_tasks().await;
         count
+    }
+
+    /// Applies an invalidation another replica published.
+    pub async fn apply(&self, invalidation: Invalidation) {
+        match invalidation {
+            Invalidation::Key(key) => self.cache.invalidate(&key).await,
+            Invalidation::All => {
+                self.purge_local().await;
+            }
+        }
+    }
+
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The metrics this resolver reports to.
@@ -451,8 +497,13 @@ impl Resolver {
         if self.failing.contains_key(&lookup.key) {
             return;
         }
-        let Some(slot) = self.upstream.budget(lookup.key.action).try_acquire() else {
-            return;
+        // In fleet mode the slot is tried (once) inside the refresh.
+        let slot = match &self.fleet {
+            Some(_) => None,
+            None => match self.upstream.budget(lookup.key.action).try_acquire() {
+                Some(slot) => Some(AnySlot::Local(slot)),
+                None => return,
+            },
         };
         let refresh = Lookup {
             // Its own deadline: the refresh does not die with the request.
@@ -464,7 +515,8 @@ impl Resolver {
         let _ = self.join_or_start(
             refresh,
             FetchPlan {
-                slot: Some(slot),
+                slot,
+                background: true,
                 retries: 0,
             },
         );
@@ -552,12 +604,38 @@ impl Resolver {
             .as_ref()
             .unwrap_or_else(|| self.upstream.default_region());
         let slot_deadline = lookup.deadline - self.call_reserve;
-        let budget = self.upstream.budget(lookup.key.action);
+        // Fleet mode: another replica may have the answer, or be fetching it.
+        let mut _lease = None;
+        if let Some(fleet) = &self.fleet {
+            if !lookup.revalidate {
+                if let Some(shared) = fleet.get_answer(&lookup.key).await {
+                    if let Some(served) = self.adopt(&lookup.key, shared).await {
+                        return Ok(served);
+                    }
+                }
+            }
+            match fleet
+                .claim(&lookup.key, slot_deadline, lookup.revalidate)
+                .await?
+            {
+                Claim::Answered(shared) => {
+                    if let Some(served) = self.adopt(&lookup.key, shared).await {
+                        return Ok(served);
+                    }
+                }
+                Claim::Fetch(lease) => _lease = lease,
+            }
+        }
         let mut attempt = 0;
         let result = loop {
             let slot = match plan.slot.take() {
                 Some(slot) => slot,
-                None => budget.acquire_until(slot_deadline).await?,
+                None if plan.background => self.try_slot(lookup.key.action).await.ok_or(
+                    GatewayError::RateBudgetExhausted {
+                        retry_after: HOLD_AFTER_ANSWER,
+                    },
+                )?,
+                None => self.wait_slot(lookup.key.action, slot_deadline).await?,
             };
             progress.has_slot.store(true, Ordering::Release);
             let sent_at = Instant::now();
@@ -592,6 +670,67 @@ impl Resolver {
         self.store(&lookup.key, result).await
     }
 
+    /// A slot only if one is free right now.
+    async fn try_slot(&self, action: Action) -> Option<AnySlot> {
+        match &self.fleet {
+            Some(fleet) => {
+                fleet
+                    .try_acquire_slot(action, self.upstream.timeout())
+                    .await
+            }
+            None => self
+                .upstream
+                .budget(action)
+                .try_acquire()
+                .map(AnySlot::Local),
+        }
+    }
+
+    /// A slot, waiting until `deadline`.
+    async fn wait_slot(
+        &self,
+        action: Action,
+        deadline: tokio::time::Instant,
+    ) -> Result<AnySlot, GatewayError> {
+        match &self.fleet {
+            Some(fleet) => {
+                fleet
+                    .acquire_slot(action, deadline, self.upstream.timeout())
+                    .await
+            }
+            None => self
+                .upstream
+                .budget(action)
+                .acquire_until(deadline)
+                .await
+                .map(AnySlot::Local),
+        }
+    }
+
+    /// Takes an answer another replica stored into this replica's cache.
+    async fn adopt(&self, key: &PackageKey, shared: SharedAnswer) -> Option<Served> {
+        let now = Instant::now();
+        let now_ms = unix_now_ms();
+        let at = |ms: u64| now + Duration::from_millis(ms.saturating_sub(now_ms));
+        let fresh_until = at(shared.fresh_until_ms);
+        if fresh_until <= now {
+            return None;
+        }
+        let url_json = Bytes::from(serde_json::to_vec(&shared.url).unwrap_or_default());
+        let cached = Arc::new(CachedUrl {
+            rest_body: rest_body(&url_json),
+            url_json,
+            url: shared.url,
+            fetched_at: now - Duration::from_millis(now_ms.saturating_sub(shared.fetched_ms)),
+            fresh_until,
+            stale_until: at(shared.stale_until_ms),
+            stale_if_error_until: at(shared.stale_if_error_until_ms),
+        });
+        let answer = CachedAnswer::Url(Arc::clone(&cached));
+        self.cache.insert(key.clone(), Arc::new(answer)).await;
+        Some(served(&cached))
+    }
+
     /// Caches, evicts or remembers the failure, and passes the result on.
     async fn store(
         &self,
@@ -606,6 +745,9 @@ impl Resolver {
                 if cached.fresh_until > cached.fetched_at {
                     let answer = CachedAnswer::Url(Arc::clone(&cached));
                     self.cache.insert(key.clone(), Arc::new(answer)).await;
+                    if let Some(fleet) = &self.fleet {
+                        fleet.put_answer(key, &Fleet::share(&cached)).await;
+                    }
                 } else {
                     // Straight from upstream but already inside the margin:
                     // answered once, never cached.
@@ -617,7 +759,7 @@ impl Resolver {
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
-                if self.cache.remove(key).await.is_some() {
+                if self.evict(key).await {
                     self.metrics.cache_event(CacheEvent::evicted);
                 }
                 Err(GatewayError::Upstream(api))

@@ -29,6 +29,20 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Fleet mode.
+    pub redis: RedisSettings,
+}
+
+/// `[redis]`: fleet mode (unset `url`: embedded single-process mode).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; unset for the embedded mode.
+    pub url: Option<String>,
+    /// Each replica's own upstream budget while Redis is unreachable.
+    pub fallback_rate_per_sec: u32,
+    /// A Redis operation slower than this counts as Redis trouble.
+    pub timeout_ms: u64,
 }
 
 /// `[server]`: the front listener.
@@ -248,6 +262,21 @@ impl Settings {
                     "must be an http:// or https:// URL with a host",
                 ));
             }
+        }
+        if let Some(url) = &self.redis.url {
+            let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
+            if !ok {
+                return Err(SettingsError::new(
+                    "redis.url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.redis.fallback_rate_per_sec) {
+            return Err(SettingsError::new(
+                "redis.fallback_rate_per_sec",
+                "must be between 1 and 10000",
+            ));
         }
         if crate::domain::Region::parse(&self.upstream.region).is_err() {
             return Err(SettingsError::new(

@@ -15,7 +15,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::settings::{SettingsError, UpstreamSettings};
 use envelope::UpstreamAnswer;
-use rate_budget::{RateBudget, RateSlot};
+use rate_budget::RateBudget;
 
 /// Upstream answers larger than this are not the envelope we expect.
 const MAX_UPSTREAM_BODY_BYTES: usize = 256 * 1024;
@@ -113,13 +113,13 @@ impl UpstreamClient {
 
     /// Makes one signed call holding `slot`, which stays busy until one
     /// second after the answer.
-    pub async fn call(
+    pub async fn call<Slot: Send>(
         &self,
         key: &PackageKey,
         region: &Region,
         trace_id: &str,
         deadline: Instant,
-        slot: RateSlot,
+        slot: Slot,
     ) -> Result<FetchedUrl, GatewayError> {
         let credentials = self
             .credentials

@@ -7,6 +7,7 @@ mod caching;
 mod coalescing;
 mod credentials;
 mod eviction;
+mod fleet;
 mod helpers;
 mod observability;
 mod official_sdk;

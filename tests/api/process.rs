@@ -15,7 +15,7 @@ use crate::helpers::*;
 const BIN: &str = env!("CARGO_BIN_EXE_tcsas-gateway");
 const SESSION_TOKEN: &str = "session-token-that-must-stay-secret";
 
-fn gateway_command(endpoint: &str) -> Command {
+pub(crate) fn gateway_command(endpoint: &str) -> Command {
     let sim = SimulatorConfig::default();
     let mut command = Command::new(BIN);
     command
@@ -34,14 +34,15 @@ fn gateway_command(endpoint: &str) -> Command {
 }
 
 /// A gateway process whose stderr lines arrive on a channel.
-struct GatewayProcess {
-    child: Child,
+pub(crate) struct GatewayProcess {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    pub(crate) admin: String,
 }
 
 impl GatewayProcess {
-    fn start(mut command: Command) -> (GatewayProcess, String) {
+    pub(crate) fn start(mut command: Command) -> (GatewayProcess, String) {
         let mut child = command.spawn().expect("gateway starts");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
@@ -56,6 +57,7 @@ impl GatewayProcess {
             child,
             lines,
             seen: Vec::new(),
+            admin: String::new(),
         };
         let front = loop {
             let line = process
@@ -65,6 +67,7 @@ impl GatewayProcess {
             process.seen.push(line.clone());
             let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if let Some(front) = parsed["front"].as_str() {
+                process.admin = parsed["admin"].as_str().unwrap_or_default().to_owned();
                 break front.to_owned();
             }
         };
@@ -72,7 +75,7 @@ impl GatewayProcess {
     }
 
     /// Sends a signal by name (`HUP`, `TERM`).
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args([&format!("-{name}"), &pid])
@@ -95,7 +98,7 @@ impl GatewayProcess {
     }
 
     /// Sends SIGTERM and returns the exit status and every stderr line.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
