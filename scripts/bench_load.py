@@ -26,6 +26,7 @@ DURATION = int(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
 GROWTH = os.environ.get("GROWTH", "1") != "0"
+MEMORY_ONLY = os.environ.get("MEMORY_ONLY", "0") == "1"
 KEYS = 1000
 PLATFORM = "T04257DS9431720WTAG"
 DEMO_ID = "AKIDsimulatedDEMOKEY0000000000000000"
@@ -171,9 +172,9 @@ request = function()
   return wrk.format("GET", "/v1/platforms/{PLATFORM}/mini-programs/{prefix}" .. i .. "/offline-package-url")
 end
 """)
-    # One connection walks the keys in order: every key fetched exactly once, then hits.
-    seconds = max(2, count // 3000 + 2)
-    subprocess.run(["wrk", "-t", "1", "-c", "1", "-d", f"{seconds}s", "-s", script, base], capture_output=True)
+    # The connections walk the keys in order, each key fetched once, then hits.
+    seconds = max(2, count // 2000 + 2)
+    subprocess.run(["wrk", "-t", "1", "-c", "16", "-d", f"{seconds}s", "-s", script, base], capture_output=True)
 
 
 def entries(admin):
@@ -228,6 +229,10 @@ def main():
     sim, sim_port = start_simulator()
     global SIM_PORT
     SIM_PORT = sim_port
+    if MEMORY_ONLY:
+        memory_growth(f"http://127.0.0.1:{GW_PORT}")
+        stop(sim)
+        return
 
     # Start-up time and idle memory of the measured gateway.
     t0 = time.perf_counter()
@@ -310,6 +315,21 @@ def wrk_rate(url, script, rate):
     return result
 
 
+def memory_growth(url):
+    """RSS as entries grow (ENTRIES, default 10k and 100k)."""
+    steps = [int(x) for x in os.environ.get("ENTRIES", "10000,100000").split(",")]
+    gw = spawn([GATEWAY], "1", gateway_env(), "gateway-growth")
+    wait_http(f"http://127.0.0.1:{GW_ADMIN}/readyz")
+    print(f"entries {0:>7}: RSS {rss_kib(gw.pid) / 1024:.1f} MB")
+    loaded = 0
+    for target in steps:
+        warm(url, prefix="mp-growth-", count=target - loaded, start=loaded + 1)
+        loaded = target
+        time.sleep(1)
+        print(f"entries {entries(GW_ADMIN):>7}: RSS {rss_kib(gw.pid) / 1024:.1f} MB", flush=True)
+    stop(gw)
+
+
 def growth(gw, rest_lua):
     print()
     print("## How cost grows")
@@ -325,16 +345,7 @@ def growth(gw, rest_lua):
     r = wrk(url, rest_lua)
     print(f"2 server cores (wrk sharing core 0): {r['rps']:.0f} req/s, p99 {r['p99_ms']:.3f} ms")
     stop(gw2)
-    # Memory as entries grow.
-    gw3 = spawn([GATEWAY], "1", gateway_env(), "gateway-growth")
-    wait_http(f"http://127.0.0.1:{GW_ADMIN}/readyz")
-    loaded = 0
-    for target in (10_000, 100_000):
-        warm(url, prefix="mp-growth-", count=target - loaded, start=loaded + 1)
-        loaded = target
-        time.sleep(1)
-        print(f"entries {entries(GW_ADMIN):>7}: RSS {rss_kib(gw3.pid) / 1024:.1f} MB")
-    stop(gw3)
+    memory_growth(url)
     # The miss path: one key revalidated by every request, upstream at 100 ms.
     sim2, port2 = start_simulator(latency_ms=100, port=SIM_PORT + 100)
     gw4 = spawn([GATEWAY], "1", gateway_env({"TCSAS_GATEWAY__UPSTREAM__ENDPOINT": f"http://127.0.0.1:{port2}"}), "gateway-miss")

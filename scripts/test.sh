@@ -24,4 +24,6 @@ export TCSAS_SDK_PYTHON="$PWD/$sdk_venv/bin/python"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+# The benches are not run in CI, only built, so that they never rot.
+cargo bench --locked --no-run
 ./scripts/validate-deploy.sh

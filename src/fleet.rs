@@ -513,7 +513,7 @@ impl Fleet {
             now_ms + instant.saturating_duration_since(now).as_millis() as u64
         };
         SharedAnswer {
-            url: url.url.clone(),
+            url: url.url(),
             fetched_ms: now_ms
                 .saturating_sub(now.saturating_duration_since(url.fetched_at).as_millis() as u64),
             fresh_until_ms: at(url.fresh_until),

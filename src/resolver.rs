@@ -27,14 +27,11 @@ const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// A package URL ready to be served, with the windows in which it may be.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CachedUrl {
-    /// The URL.
-    pub url: String,
-    /// The URL as a JSON string literal (quoted and escaped), rendered once.
-    pub url_json: Bytes,
-    /// The REST shape's whole body, `{"url":...}`, rendered once per fetch so
-    /// that a hit copies nothing.
+    /// The REST shape's whole body, `{"url":<URL as a JSON string>}`,
+    /// rendered once per fetch so that a hit copies nothing. The only copy of
+    /// the URL an entry keeps (memory per entry: BENCHMARKS.md).
     pub rest_body: Bytes,
     /// When upstream answered it (for `Age`).
     pub fetched_at: Instant,
@@ -48,6 +45,31 @@ pub struct CachedUrl {
 }
 
 impl CachedUrl {
+    fn new(url: &str, fetched_at: Instant) -> Self {
+        let mut body = Vec::with_capacity(url.len() + 10);
+        body.extend_from_slice(br#"{"url":"#);
+        crate::front::push_json_string(&mut body, url);
+        body.push(b'}');
+        CachedUrl {
+            rest_body: Bytes::from(body),
+            fetched_at,
+            fresh_until: fetched_at,
+            stale_until: fetched_at,
+            stale_if_error_until: fetched_at,
+        }
+    }
+
+    /// The URL as a JSON string literal (quoted, escaped): a view into the body.
+    pub fn url_json(&self) -> Bytes {
+        self.rest_body
+            .slice(REST_HEAD.len()..self.rest_body.len().saturating_sub(1))
+    }
+
+    /// The URL itself.
+    pub fn url(&self) -> String {
+        serde_json::from_slice(&self.url_json()).unwrap_or_default()
+    }
+
     /// Seconds left before it stops being fresh (for `max-age`).
     pub fn fresh_secs_left(&self, now: Instant) -> u64 {
         self.fresh_until.saturating_duration_since(now).as_secs()
@@ -89,32 +111,22 @@ impl Lifetimes {
         let left =
             url_expiry::time_left(url_expiry::url_end_unix(&url), now_unix, self.expiry_margin);
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
-        let url_json = Bytes::from(serde_json::to_vec(&url).unwrap_or_default());
         CachedUrl {
-            url,
-            rest_body: rest_body(&url_json),
-            url_json,
-            fetched_at: now,
             fresh_until: now + cap(self.ttl),
             stale_until: now + cap(self.ttl + self.stale),
             stale_if_error_until: now + cap(self.ttl + self.stale.max(self.stale_if_error)),
+            ..CachedUrl::new(&url, now)
         }
     }
 }
 
-/// `{"url":<url_json>}`: the REST shape's body.
-fn rest_body(url_json: &[u8]) -> Bytes {
-    let mut body = Vec::with_capacity(url_json.len() + 8);
-    body.extend_from_slice(br#"{"url":"#);
-    body.extend_from_slice(url_json);
-    body.push(b'}');
-    Bytes::from(body)
-}
+/// What the REST body starts with.
+const REST_HEAD: &[u8] = br#"{"url":"#;
 
 /// What the cache holds for a key: a URL, or upstream's "no online version".
 #[derive(Debug)]
 enum CachedAnswer {
-    Url(Arc<CachedUrl>),
+    Url(CachedUrl),
     NotExist { api: ApiError, until: Instant },
 }
 
@@ -144,9 +156,11 @@ impl CacheStatus {
 #[derive(Clone, Debug)]
 pub struct Served {
     /// The URL and its timing.
-    pub url: Arc<CachedUrl>,
+    pub url: CachedUrl,
     /// Upstream's `RequestId` when this request was answered by an upstream call.
     pub upstream_request_id: Option<String>,
+    /// Found in the fleet's shared cache (Redis), not fetched upstream.
+    pub shared_hit: bool,
 }
 
 /// The answer to one lookup, with its cache status.
@@ -299,7 +313,8 @@ impl Resolver {
                 .expire_after(AnswerExpiry)
                 .build(),
             failing: Cache::builder()
-                .max_capacity(cache.max_entries)
+                // Only keys whose refresh just failed: a small bound suffices.
+                .max_capacity(cache.max_entries.min(10_000))
                 .time_to_live(secs(settings.upstream.error_backoff_secs))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
@@ -365,7 +380,7 @@ impl Resolver {
                         // Upstream failed for this key moments ago: not again yet.
                         return self.stale(url);
                     }
-                    fallback = Some(Arc::clone(url));
+                    fallback = Some(url.clone());
                 }
             }
             _ => {}
@@ -423,19 +438,22 @@ impl Resolver {
                 }
             }
             (outcome, _) => Resolution {
+                cache: match &outcome {
+                    Ok(served) if served.shared_hit => CacheStatus::Hit,
+                    _ => CacheStatus::Miss,
+                },
                 outcome: outcome.map(|s| Served {
                     // Only the request that led the call passes upstream's RequestId on.
                     upstream_request_id: s.upstream_request_id.filter(|_| !coalesced),
-                    url: s.url,
+                    ..s
                 }),
-                cache: CacheStatus::Miss,
                 coalesced,
                 upstream_ms,
             },
         }
     }
 
-    fn stale(&self, url: &Arc<CachedUrl>) -> Resolution {
+    fn stale(&self, url: &CachedUrl) -> Resolution {
         self.metrics.cache_event(CacheEvent::stale);
         Resolution::cached(Ok(served(url)), CacheStatus::Stale)
     }
@@ -716,19 +734,19 @@ impl Resolver {
         if fresh_until <= now {
             return None;
         }
-        let url_json = Bytes::from(serde_json::to_vec(&shared.url).unwrap_or_default());
-        let cached = Arc::new(CachedUrl {
-            rest_body: rest_body(&url_json),
-            url_json,
-            url: shared.url,
-            fetched_at: now - Duration::from_millis(now_ms.saturating_sub(shared.fetched_ms)),
+        let fetched_at = now - Duration::from_millis(now_ms.saturating_sub(shared.fetched_ms));
+        let cached = CachedUrl {
             fresh_until,
             stale_until: at(shared.stale_until_ms),
             stale_if_error_until: at(shared.stale_if_error_until_ms),
-        });
-        let answer = CachedAnswer::Url(Arc::clone(&cached));
+            ..CachedUrl::new(&shared.url, fetched_at)
+        };
+        let answer = CachedAnswer::Url(cached.clone());
         self.cache.insert(key.clone(), Arc::new(answer)).await;
-        Some(served(&cached))
+        Some(Served {
+            shared_hit: true,
+            ..served(&cached)
+        })
     }
 
     /// Caches, evicts or remembers the failure, and passes the result on.
@@ -741,9 +759,9 @@ impl Resolver {
             Ok(FetchedUrl { url, request_id }) => {
                 self.failing.invalidate(key).await;
                 let lifetimes = *self.lifetimes.read().unwrap_or_else(|p| p.into_inner());
-                let cached = Arc::new(lifetimes.windows(url, Instant::now(), unix_now_secs()));
+                let cached = lifetimes.windows(url, Instant::now(), unix_now_secs());
                 if cached.fresh_until > cached.fetched_at {
-                    let answer = CachedAnswer::Url(Arc::clone(&cached));
+                    let answer = CachedAnswer::Url(cached.clone());
                     self.cache.insert(key.clone(), Arc::new(answer)).await;
                     if let Some(fleet) = &self.fleet {
                         fleet.put_answer(key, &Fleet::share(&cached)).await;
@@ -756,6 +774,7 @@ impl Resolver {
                 Ok(Served {
                     url: cached,
                     upstream_request_id: request_id,
+                    shared_hit: false,
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
@@ -790,9 +809,10 @@ impl Resolver {
     }
 }
 
-fn served(url: &Arc<CachedUrl>) -> Served {
+fn served(url: &CachedUrl) -> Served {
     Served {
-        url: Arc::clone(url),
+        url: url.clone(),
+        shared_hit: false,
         upstream_request_id: None,
     }
 }

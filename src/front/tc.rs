@@ -43,7 +43,7 @@ where
     let response = match resolution.outcome {
         Ok(served) => {
             let answer_id = served.upstream_request_id.as_deref().unwrap_or(request_id);
-            json_response(StatusCode::OK, url_body(&served.url.url_json, answer_id))
+            json_response(StatusCode::OK, url_body(&served.url.url_json(), answer_id))
         }
         Err(e) => {
             let answer_id = e

@@ -192,7 +192,9 @@ async fn a_key_fetched_by_one_replica_is_served_by_the_others_from_redis() {
     let b = fleet.get(1, "mp-fleet-shared").await;
     let c = fleet.get(2, "mp-fleet-shared").await;
     assert!(a.url().is_some());
+    assert_eq!(a.x_cache(), "MISS");
     assert_eq!(b.url(), a.url());
+    assert_eq!(b.x_cache(), "HIT", "served from the shared cache");
     assert_eq!(c.url(), a.url());
     assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-shared"), 1);
     // And from their own cache afterwards.
