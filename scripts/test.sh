@@ -7,10 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Fleet-mode tests start their own redis-server processes on random ports.
-if ! command -v redis-server >/dev/null; then
-  echo "installing Debian's redis-server"
-  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+# Fleet-mode tests start their own redis-server processes on random ports
+# (one with TLS, its certificates made by openssl).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 sdk_venv="target/sdk-venv"

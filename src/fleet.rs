@@ -180,10 +180,24 @@ impl Fleet {
         rate_limit_per_sec: u32,
         max_waiting: usize,
     ) -> Result<Arc<Self>, SettingsError> {
-        let client = redis::Client::open(url).map_err(|e| SettingsError {
-            key: "redis.url".to_owned(),
-            problem: e.to_string(),
-        })?;
+        let bad = |key: &str, problem: String| SettingsError {
+            key: key.to_owned(),
+            problem,
+        };
+        let client = match &settings.ca_file {
+            // A private CA (managed Redis, self-run TLS): trust it for rediss://.
+            Some(path) => {
+                let root_cert = std::fs::read(path)
+                    .map_err(|e| bad("redis.ca_file", format!("cannot read {path}: {e}")))?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(url, certificates)
+            }
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| bad("redis.url", e.to_string()))?;
         let fallback = || RateBudget::new(settings.fallback_rate_per_sec, max_waiting);
         let fleet = Arc::new(Fleet {
             client,

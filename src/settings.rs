@@ -43,6 +43,9 @@ pub struct RedisSettings {
     pub fallback_rate_per_sec: u32,
     /// A Redis operation slower than this counts as Redis trouble.
     pub timeout_ms: u64,
+    /// PEM file of the CA that signed the Redis server's certificate
+    /// (`rediss://` with a private CA); unset: public WebPKI roots.
+    pub ca_file: Option<String>,
 }
 
 /// `[server]`: the front listener.

@@ -17,40 +17,64 @@ use crate::process::{gateway_command, GatewayProcess};
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// `extra` replaces the plain port: e.g. TLS options.
+    fn start_with(extra: &[String]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            extra: extra.to_vec(),
+        };
         server.restart();
         server
     }
 
     fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .to_vec();
+        if self.extra.is_empty() {
+            args.extend(["--port".to_owned(), port]);
+        } else {
+            args.extend([
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                port,
+            ]);
+            args.extend(self.extra.iter().cloned());
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs Debian's redis-server)");
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
-        while !self.pings() {
+        while !self.is_up() {
             assert!(Instant::now() < until, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        if self.extra.is_empty() {
+            self.pings()
+        } else {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         }
     }
 
@@ -371,4 +395,115 @@ async fn redis_dying_under_load_is_not_an_outage_and_its_return_is_used() {
         1,
         "replica B did not use Redis again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_signed_by_a_private_ca_is_shared() {
+    let dir = std::env::temp_dir().join(format!("tcsas-gw-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A private CA, and a server certificate it signed for 127.0.0.1.
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=tcsas-test-ca",
+        "-keyout",
+        &file("ca.key"),
+        "-out",
+        &file("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &file("key.pem"),
+        "-out",
+        &file("server.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &file("server.csr"),
+        "-CA",
+        &file("ca.pem"),
+        "-CAkey",
+        &file("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &file("ext.cnf"),
+        "-out",
+        &file("cert.pem"),
+    ]);
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let redis = RedisServer::start_with(&[
+        "--tls-cert-file".into(),
+        path(&cert),
+        "--tls-key-file".into(),
+        path(&key),
+        "--tls-ca-cert-file".into(),
+        path(&ca),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]);
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        .await
+        .unwrap();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let gateways: Vec<_> = (0..2)
+        .map(|_| {
+            let mut command = gateway_command(&sim.endpoint());
+            command
+                .env("TCSAS_GATEWAY__REDIS__URL", &url)
+                .env("TCSAS_GATEWAY__REDIS__CA_FILE", path(&ca));
+            GatewayProcess::start(command)
+        })
+        .collect();
+    let fleet = Fleet {
+        sim,
+        redis,
+        gateways,
+        http: reqwest::Client::new(),
+    };
+    let a = fleet.get(0, "mp-fleet-tls").await;
+    let b = fleet.get(1, "mp-fleet-tls").await;
+    assert!(a.url().is_some());
+    assert_eq!(b.url(), a.url());
+    assert_eq!(
+        b.x_cache(),
+        "HIT",
+        "the second replica read the answer over TLS"
+    );
+    assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-tls"), 1);
 }
