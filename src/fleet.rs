@@ -129,7 +129,7 @@ impl Drop for Lease {
     }
 }
 
-/// What a replica that did not get the lease ends up with.
+/// How [`Fleet::claim`] ended.
 pub enum Claim {
     /// This replica fetches.
     Fetch(Option<Lease>),
@@ -137,22 +137,22 @@ pub enum Claim {
     Answered(SharedAnswer),
 }
 
-fn answer_key(key: &PackageKey) -> String {
+/// `action:platform:mnp`: a key in Redis names and invalidation messages.
+fn key_text(key: &PackageKey) -> String {
     format!(
-        "{PREFIX}:answer:{}:{}:{}",
+        "{}:{}:{}",
         key.action.tc_name(),
         key.platform_id,
         key.mnp_id
     )
 }
 
+fn answer_key(key: &PackageKey) -> String {
+    format!("{PREFIX}:answer:{}", key_text(key))
+}
+
 fn lease_key(key: &PackageKey) -> String {
-    format!(
-        "{PREFIX}:lease:{}:{}:{}",
-        key.action.tc_name(),
-        key.platform_id,
-        key.mnp_id
-    )
+    format!("{PREFIX}:lease:{}", key_text(key))
 }
 
 fn slots_key(action: Action) -> String {
@@ -320,13 +320,7 @@ impl Fleet {
     /// Drops `key` everywhere: from Redis, and from every replica's L1.
     pub async fn evict(&self, key: &PackageKey) {
         let _: Result<i64, ()> = self.run(scripts::del(&answer_key(key))).await;
-        let message = format!(
-            "{}:{}:{}",
-            key.action.tc_name(),
-            key.platform_id,
-            key.mnp_id
-        );
-        let _: Result<i64, ()> = self.run(scripts::publish(&channel(), &message)).await;
+        let _: Result<i64, ()> = self.run(scripts::publish(&channel(), &key_text(key))).await;
     }
 
     /// Drops every shared answer and tells every replica.
