@@ -83,6 +83,12 @@ async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
         .await
         .unwrap();
     assert_eq!(kept.headers()["x-request-id"], "abc.DEF_1-2");
+    let call = app.sim.calls().pop().expect("one upstream call");
+    assert_eq!(
+        call.trace_id.as_deref(),
+        Some("abc.DEF_1-2"),
+        "sent upstream as X-TC-TraceId"
+    );
     let replaced = app
         .http
         .get(&path)
