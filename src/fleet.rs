@@ -23,8 +23,9 @@ use crate::upstream::rate_budget::{RateBudget, RateSlot, WaiterGuard, HOLD_AFTER
 const PREFIX: &str = "tcsas-gateway";
 /// How long a replica's claim to fetch a key lasts unless renewed.
 const LEASE: Duration = Duration::from_secs(3);
-/// How often a waiting replica looks for the answer or a dead leaseholder.
-const POLL: Duration = Duration::from_millis(40);
+/// How often a waiting replica looks for the answer or a dead leaseholder
+/// when no "filled" notification arrives (the notification is the fast path).
+const POLL: Duration = Duration::from_millis(250);
 
 /// An answer as stored in Redis: absolute wall-clock instants, so any replica
 /// can rebuild its windows.
@@ -64,6 +65,9 @@ pub struct Fleet {
     waiting: [Arc<AtomicUsize>; Action::ALL.len()],
     max_waiting: usize,
     rate_limit_per_sec: AtomicUsize,
+    /// Keys other replicas just stored, relayed from the subscription to
+    /// the waiters in [`claim`](Self::claim).
+    filled: tokio::sync::broadcast::Sender<String>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -163,6 +167,11 @@ fn channel() -> String {
     format!("{PREFIX}:invalidate")
 }
 
+/// Where a replica announces that it stored an answer.
+fn filled_channel() -> String {
+    format!("{PREFIX}:filled")
+}
+
 /// Unix milliseconds now.
 pub fn unix_now_ms() -> u64 {
     SystemTime::now()
@@ -208,6 +217,7 @@ impl Fleet {
             waiting: [Arc::default(), Arc::default()],
             max_waiting,
             rate_limit_per_sec: AtomicUsize::new(rate_limit_per_sec as usize),
+            filled: tokio::sync::broadcast::channel(1024).0,
         });
         fleet.try_connect().await;
         Ok(fleet)
@@ -311,9 +321,14 @@ impl Fleet {
             return;
         }
         if let Ok(text) = serde_json::to_string(answer) {
-            let _: Result<(), ()> = self
+            let stored: Result<(), ()> = self
                 .run(scripts::set_px(&answer_key(key), &text, ttl_ms))
                 .await;
+            if stored.is_ok() {
+                let _: Result<i64, ()> = self
+                    .run(scripts::publish(&filled_channel(), &key_text(key)))
+                    .await;
+            }
         }
     }
 
@@ -344,6 +359,8 @@ impl Fleet {
         let lease_key = lease_key(key);
         let token = uuid::Uuid::new_v4().simple().to_string();
         let started = Instant::now();
+        let mut filled = self.filled.subscribe();
+        let wanted = key_text(key);
         loop {
             let took: Result<Option<String>, ()> = self
                 .run(scripts::set_nx_px(
@@ -368,12 +385,25 @@ impl Fleet {
             if let Some(answer) = self.fresh_answer(key, newer_than_ms).await {
                 return Ok(Claim::Answered(answer));
             }
-            if Instant::now() + POLL >= deadline {
+            if Instant::now() >= deadline {
                 return Err(GatewayError::UpstreamTimeout {
                     timeout_ms: started.elapsed().as_millis() as u64,
                 });
             }
-            tokio::time::sleep(POLL).await;
+            // Woken by the holder's "filled" message, else by the poll.
+            let wait = tokio::time::timeout_at(deadline.min(Instant::now() + POLL), async {
+                loop {
+                    match filled.recv().await {
+                        Ok(k) if k == wanted => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            });
+            let _ = wait.await;
         }
     }
 
@@ -471,19 +501,23 @@ impl Fleet {
         }))
     }
 
-    /// Applies every invalidation published by any replica, reconnecting
-    /// when the subscription drops, until the task is dropped.
+    /// Applies every invalidation published by any replica and wakes the
+    /// waiters of keys another replica filled, reconnecting when the
+    /// subscription drops, until the task is dropped.
     pub async fn follow_invalidations(self: Arc<Self>, apply: impl Fn(Invalidation) + Send + Sync) {
+        let (invalidate, filled) = (channel(), filled_channel());
         loop {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if pubsub.subscribe(channel()).await.is_ok() {
+                    if pubsub.subscribe(&[&invalidate, &filled]).await.is_ok() {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = messages.next().await {
                             let Ok(text) = message.get_payload::<String>() else {
                                 continue;
                             };
-                            if let Some(invalidation) = parse_invalidation(&text) {
+                            if message.get_channel_name() == filled {
+                                let _ = self.filled.send(text);
+                            } else if let Some(invalidation) = parse_invalidation(&text) {
                                 apply(invalidation);
                             }
                         }

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tcsas_gateway::settings::CredentialProviderKind;
+use tcsas_gateway::settings::{CredentialProviderKind, Settings};
+use tcsas_gateway::simulated_upstream::SimulatedUpstream;
 
 use crate::helpers::*;
 
@@ -30,6 +31,12 @@ fn replace_file(path: &PathBuf, text: &str) {
 
 fn profile_text(id: &str, key: &str) -> String {
     format!("[default]\nsecret_id = {id}\nsecret_key = {key}\n")
+}
+
+/// Credentials from the simulator's CVM metadata endpoint.
+fn use_cvm_role(s: &mut Settings, sim: &SimulatedUpstream) {
+    s.credentials.provider = CredentialProviderKind::CvmRole;
+    s.credentials.cvm_metadata_url = format!("{}/latest/meta-data/", sim.endpoint());
 }
 
 async fn rest_no_cache(app: &TestApp, mnp: &str) -> Answer {
@@ -84,8 +91,7 @@ async fn the_chain_finds_the_profile_file_when_the_environment_has_nothing() {
 #[tokio::test]
 async fn the_cvm_role_provider_gets_temporary_credentials_from_the_metadata_service() {
     let app = spawn_app_with_provider(vec![], |s, sim| {
-        s.credentials.provider = CredentialProviderKind::CvmRole;
-        s.credentials.cvm_metadata_url = format!("{}/latest/meta-data/", sim.endpoint());
+        use_cvm_role(s, sim);
     })
     .await;
     let answer = app.rest_get("mp-cvm").await;
@@ -149,8 +155,7 @@ async fn the_tke_oidc_provider_exchanges_the_token_file_rereading_it_on_every_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_credentials_are_refreshed_before_expiry_with_no_failed_request() {
     let app = spawn_app_with_provider(vec![], |s, sim| {
-        s.credentials.provider = CredentialProviderKind::CvmRole;
-        s.credentials.cvm_metadata_url = format!("{}/latest/meta-data/", sim.endpoint());
+        use_cvm_role(s, sim);
         s.credentials.refresh_before_expiry_secs = 2;
         // Credentials live 4 s; the simulator refuses them afterwards.
         sim.set_temporary_credential_lifetime(4);
@@ -227,8 +232,7 @@ async fn rewriting_the_profile_file_rotates_the_secret_id_within_5s_with_no_fail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_false_while_no_valid_credentials_are_held() {
     let app = spawn_app_with_provider(vec![], |s, sim| {
-        s.credentials.provider = CredentialProviderKind::CvmRole;
-        s.credentials.cvm_metadata_url = format!("{}/latest/meta-data/", sim.endpoint());
+        use_cvm_role(s, sim);
         sim.set_metadata_available(false);
     })
     .await;

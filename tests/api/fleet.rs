@@ -507,3 +507,46 @@ async fn a_tls_redis_signed_by_a_private_ca_is_shared() {
     );
     assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-tls"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_replicas_are_woken_when_the_answer_is_stored_not_at_their_next_poll() {
+    let fleet = start_fleet(&[]).await;
+    fleet.sim.set_key(
+        PLATFORM,
+        "mp-fleet-notify",
+        KeyBehaviour {
+            latency: Duration::from_millis(600),
+            ..KeyBehaviour::default()
+        },
+    );
+    let started = Instant::now();
+    let leader = {
+        let request = fleet.http.get(fleet.url(0, "mp-fleet-notify"));
+        tokio::spawn(async move {
+            let answer = into_answer(request.send().await.expect("answered")).await;
+            (started.elapsed(), answer)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let request = fleet.http.get(fleet.url(1, "mp-fleet-notify"));
+            tokio::spawn(async move {
+                let answer = into_answer(request.send().await.expect("answered")).await;
+                (started.elapsed(), answer)
+            })
+        })
+        .collect();
+    let (leader_done, leader_answer) = leader.await.unwrap();
+    for waiter in waiters {
+        let (done, answer) = waiter.await.unwrap();
+        assert_eq!(answer.url(), leader_answer.url());
+        // The fallback poll (every 250 ms) would land ~200 ms after the leader.
+        assert!(
+            done < leader_done + Duration::from_millis(150),
+            "woken {:?} after the leader",
+            done.saturating_sub(leader_done)
+        );
+    }
+    assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-notify"), 1);
+}
