@@ -19,8 +19,10 @@ use crate::error::GatewayError;
 use crate::settings::{RedisSettings, SettingsError};
 use crate::upstream::rate_budget::{RateBudget, RateSlot, WaiterGuard, HOLD_AFTER_ANSWER};
 
-/// Every key and channel the gateway uses starts with this.
-const PREFIX: &str = "tcsas-gateway";
+/// Every key and channel the gateway uses starts with this. The braces are a
+/// Redis Cluster hash tag: all the gateway's keys share one slot, so its
+/// scripts stay atomic on a cluster too (the data is small: see README).
+const PREFIX: &str = "{tcsas-gateway}";
 /// How long a replica's claim to fetch a key lasts unless renewed.
 const LEASE: Duration = Duration::from_secs(3);
 /// How often a waiting replica looks for the answer or a dead leaseholder
@@ -54,10 +56,12 @@ pub enum Invalidation {
 
 /// The shared state of the fleet, reached through Redis.
 pub struct Fleet {
+    /// Where to connect: one Redis, or a cluster's seed nodes.
+    target: Target,
+    /// For pub/sub: one node (cluster pub/sub reaches every node).
     client: redis::Client,
-    /// `None` until the first connection succeeds; the manager then
-    /// reconnects by itself.
-    connection: RwLock<Option<ConnectionManager>>,
+    /// `None` until the first connection succeeds; it then reconnects by itself.
+    connection: RwLock<Option<Connection>>,
     timeout: Duration,
     degraded: AtomicBool,
     /// Each replica's own budget while Redis is unreachable.
@@ -76,6 +80,21 @@ impl std::fmt::Debug for Fleet {
             .field("degraded", &self.degraded.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// Where the fleet's Redis is.
+// One per process, never moved around: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A live connection to one Redis or to a cluster.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 /// A global rate slot: busy in Redis until a second after the answer.
@@ -193,22 +212,44 @@ impl Fleet {
             key: key.to_owned(),
             problem,
         };
-        let client = match &settings.ca_file {
-            // A private CA (managed Redis, self-run TLS): trust it for rediss://.
-            Some(path) => {
-                let root_cert = std::fs::read(path)
-                    .map_err(|e| bad("redis.ca_file", format!("cannot read {path}: {e}")))?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(url, certificates)
-            }
+        // A private CA (managed Redis, self-run TLS) is trusted for rediss://.
+        let root_cert = settings
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path)
+                    .map_err(|e| bad("redis.ca_file", format!("cannot read {path}: {e}")))
+            })
+            .transpose()?;
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: root_cert.clone(),
+        };
+        let single = |url: &str| match &root_cert {
+            Some(_) => redis::Client::build_with_tls(url, certificates()),
             None => redis::Client::open(url),
-        }
-        .map_err(|e| bad("redis.url", e.to_string()))?;
+        };
+        let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
+        let client = single(seeds[0]).map_err(|e| bad("redis.url", e.to_string()))?;
+        let target = if settings.cluster {
+            let timeout = Duration::from_millis(settings.timeout_ms);
+            let mut builder = redis::cluster::ClusterClient::builder(seeds.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1);
+            if root_cert.is_some() {
+                builder = builder.certs(certificates());
+            }
+            let cluster = builder
+                .build()
+                .map_err(|e| bad("redis.url", e.to_string()))?;
+            Target::Cluster(cluster)
+        } else {
+            Target::Single(client.clone())
+        };
         let fallback = || RateBudget::new(settings.fallback_rate_per_sec, max_waiting);
         let fleet = Arc::new(Fleet {
+            target,
             client,
             connection: RwLock::new(None),
             timeout: Duration::from_millis(settings.timeout_ms),
@@ -224,14 +265,26 @@ impl Fleet {
     }
 
     async fn try_connect(&self) -> bool {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        let connecting = async {
+            match &self.target {
+                Target::Single(client) => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Connection::Single)
+                }
+                Target::Cluster(cluster) => cluster
+                    .get_async_connection()
+                    .await
+                    .map(Connection::Cluster),
+            }
+        };
         match tokio::time::timeout(self.timeout * 4, connecting).await {
-            Ok(Ok(manager)) => {
-                *self.connection.write().unwrap_or_else(|p| p.into_inner()) = Some(manager);
+            Ok(Ok(connection)) => {
+                *self.connection.write().unwrap_or_else(|p| p.into_inner()) = Some(connection);
                 self.degraded.store(false, Ordering::Relaxed);
                 tracing::info!("connected to redis: fleet mode on");
                 true
@@ -265,10 +318,16 @@ impl Fleet {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let Some(mut connection) = connection else {
+        let Some(connection) = connection else {
             return Err(());
         };
-        let result = tokio::time::timeout(self.timeout, request.run::<T>(&mut connection)).await;
+        let running = async move {
+            match connection {
+                Connection::Single(mut c) => request.run::<T, _>(&mut c).await,
+                Connection::Cluster(mut c) => request.run::<T, _>(&mut c).await,
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, running).await;
         match result {
             Ok(Ok(value)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
@@ -340,8 +399,10 @@ impl Fleet {
 
     /// Drops every shared answer and tells every replica.
     pub async fn purge_all(&self) {
+        // Braces are not special in Redis globs: the prefix matches as is.
         let pattern = format!("{PREFIX}:answer:*");
-        let _: Result<i64, ()> = self.run(scripts::delete_matching(&pattern)).await;
+        let route = format!("{PREFIX}:purge");
+        let _: Result<i64, ()> = self.run(scripts::delete_matching(&route, &pattern)).await;
         let _: Result<i64, ()> = self.run(scripts::publish(&channel(), "*")).await;
     }
 

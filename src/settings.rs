@@ -43,6 +43,8 @@ pub struct RedisSettings {
     pub fallback_rate_per_sec: u32,
     /// A Redis operation slower than this counts as Redis trouble.
     pub timeout_ms: u64,
+    /// `url` lists a Redis Cluster's seed nodes (comma-separated).
+    pub cluster: bool,
     /// PEM file of the CA that signed the Redis server's certificate
     /// (`rediss://` with a private CA); unset: public WebPKI roots.
     pub ca_file: Option<String>,
@@ -266,12 +268,20 @@ impl Settings {
                 ));
             }
         }
-        if let Some(url) = &self.redis.url {
-            let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
+        if let Some(urls) = &self.redis.url {
+            let ok = urls.split(',').all(|url| {
+                url::Url::parse(url.trim()).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"))
+            });
             if !ok {
                 return Err(SettingsError::new(
                     "redis.url",
-                    "must be a redis:// or rediss:// URL",
+                    "must be a redis:// or rediss:// URL (comma-separated seed nodes with redis.cluster)",
+                ));
+            }
+            if urls.contains(',') && !self.redis.cluster {
+                return Err(SettingsError::new(
+                    "redis.url",
+                    "lists several nodes: set redis.cluster = true for a Redis Cluster",
                 ));
             }
         }

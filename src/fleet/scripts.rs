@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Script, ScriptInvocation};
 
 /// One command or script call, ready to run.
@@ -16,9 +16,9 @@ pub enum Request {
 
 impl Request {
     /// Runs it on `connection`.
-    pub async fn run<T: redis::FromRedisValue>(
+    pub async fn run<T: redis::FromRedisValue, C: ConnectionLike>(
         self,
-        connection: &mut ConnectionManager,
+        connection: &mut C,
     ) -> redis::RedisResult<T> {
         match self {
             Request::Cmd(cmd) => cmd.query_async(connection).await,
@@ -67,7 +67,8 @@ return 0",
     )
 });
 
-/// Deletes every key matching ARGV[1] (admin purge; rare).
+/// Deletes every key matching ARGV[1] (admin purge; rare). KEYS[1] only
+/// routes the script to the node of the gateway's hash slot in a cluster.
 static DELETE_MATCHING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local cursor = '0'
@@ -109,10 +110,10 @@ pub fn renew_lease(key: &str, token: &str, ttl_ms: u64) -> Request {
     Request::Script(invocation)
 }
 
-/// Deletes every key matching `pattern`.
-pub fn delete_matching(pattern: &str) -> Request {
+/// Deletes every key matching `pattern`, on the node that holds `route_key`.
+pub fn delete_matching(route_key: &str, pattern: &str) -> Request {
     let mut invocation = DELETE_MATCHING.prepare_invoke();
-    invocation.arg(pattern);
+    invocation.key(route_key).arg(pattern);
     Request::Script(invocation)
 }
 

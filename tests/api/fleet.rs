@@ -550,3 +550,158 @@ async fn waiting_replicas_are_woken_when_the_answer_is_stored_not_at_their_next_
     }
     assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-notify"), 1);
 }
+
+/// Three redis-server nodes formed into a Redis Cluster, killed on drop.
+struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("tcsas-gw-cluster-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .unwrap()
+            })
+            .collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let port = port.to_string();
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port,
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                    ])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server runs")
+            })
+            .collect();
+        let cluster = RedisCluster { nodes, ports };
+        std::thread::sleep(Duration::from_millis(300));
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let until = Instant::now() + Duration::from_secs(20);
+        while !cluster.ports.iter().all(|p| cluster_ok(*p)) {
+            assert!(Instant::now() < until, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .take(2)
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        .unwrap_or(false)
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_is_shared_and_a_purge_reaches_every_replica() {
+    let cluster = RedisCluster::start();
+    let sim = SimulatedUpstream::start(SimulatorConfig::default())
+        .await
+        .unwrap();
+    let gateways: Vec<_> = (0..2)
+        .map(|_| {
+            let mut command = gateway_command(&sim.endpoint());
+            command
+                .env("TCSAS_GATEWAY__REDIS__URL", cluster.seeds())
+                .env("TCSAS_GATEWAY__REDIS__CLUSTER", "true");
+            GatewayProcess::start(command)
+        })
+        .collect();
+    let fleet = Fleet {
+        sim,
+        redis: RedisServer {
+            port: 0,
+            child: None,
+            extra: Vec::new(),
+        },
+        gateways,
+        http: reqwest::Client::new(),
+    };
+    let ready = fleet
+        .http
+        .get(format!("http://{}/readyz", fleet.gateways[1].0.admin))
+        .send()
+        .await
+        .unwrap();
+    assert!(ready.text().await.unwrap().contains(r#""redis":"ok""#));
+    let a = fleet.get(0, "mp-fleet-cluster").await;
+    let b = fleet.get(1, "mp-fleet-cluster").await;
+    assert!(a.url().is_some());
+    assert_eq!(b.url(), a.url());
+    assert_eq!(b.x_cache(), "HIT", "served from the cluster");
+    assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-cluster"), 1);
+
+    let purge = fleet
+        .http
+        .delete(format!("http://{}/admin/cache", fleet.gateways[0].0.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = fleet.get(1, "mp-fleet-cluster").await;
+    assert_eq!(
+        after.x_cache(),
+        "MISS",
+        "the purge reached the other replica and the cluster"
+    );
+    assert_eq!(fleet.sim.calls_for(PLATFORM, "mp-fleet-cluster"), 2);
+}
