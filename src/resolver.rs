@@ -499,11 +499,6 @@ impl Resolver {
         self.fleet.as_ref()
     }
 
-    /// The metrics this resolver reports to.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Number of cached answers (approximate until pending tasks run).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
