@@ -13,6 +13,14 @@ use tcsas_gateway::simulated_upstream::{
 use crate::helpers::*;
 use crate::process::{gateway_command, GatewayProcess};
 
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A redis-server on a free loopback port, killed on drop.
 struct RedisServer {
     port: u16,
@@ -27,10 +35,7 @@ impl RedisServer {
 
     /// `extra` replaces the plain port: e.g. TLS options.
     fn start_with(extra: &[String]) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
@@ -108,7 +113,8 @@ impl Drop for RedisServer {
 
 struct Fleet {
     sim: SimulatedUpstream,
-    redis: RedisServer,
+    /// The single redis-server, when the fleet uses one (not a cluster).
+    redis: Option<RedisServer>,
     gateways: Vec<(GatewayProcess, String)>,
     http: reqwest::Client,
 }
@@ -138,7 +144,7 @@ async fn start_fleet(extra_env: &[(&str, &str)]) -> Fleet {
         .collect();
     Fleet {
         sim,
-        redis,
+        redis: Some(redis),
         gateways,
         http: reqwest::Client::new(),
     }
@@ -330,7 +336,7 @@ async fn redis_dying_under_load_is_not_an_outage_and_its_return_is_used() {
             200
         );
     }
-    fleet.redis.kill();
+    fleet.redis.as_mut().expect("one redis-server").kill();
     let calls_before = fleet.sim.total_calls();
     let outage_started = Instant::now();
     let until = outage_started + Duration::from_secs(4);
@@ -385,7 +391,7 @@ async fn redis_dying_under_load_is_not_an_outage_and_its_return_is_used() {
         );
     }
 
-    fleet.redis.restart();
+    fleet.redis.as_mut().expect("one redis-server").restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let a = fleet.get(0, "mp-fleet-after").await;
     let b = fleet.get(1, "mp-fleet-after").await;
@@ -492,7 +498,7 @@ async fn a_tls_redis_signed_by_a_private_ca_is_shared() {
         .collect();
     let fleet = Fleet {
         sim,
-        redis,
+        redis: Some(redis),
         gateways,
         http: reqwest::Client::new(),
     };
@@ -562,14 +568,7 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!("tcsas-gw-cluster-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..3)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .unwrap()
-            })
-            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let nodes = ports
             .iter()
             .map(|port| {
@@ -667,11 +666,7 @@ async fn a_redis_cluster_is_shared_and_a_purge_reaches_every_replica() {
         .collect();
     let fleet = Fleet {
         sim,
-        redis: RedisServer {
-            port: 0,
-            child: None,
-            extra: Vec::new(),
-        },
+        redis: None,
         gateways,
         http: reqwest::Client::new(),
     };
