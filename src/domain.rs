@@ -1,4 +1,4 @@
-//! Domain types parsed once at the edge: `PlatformId`, `MnpId`, `Action`, `Region`, `PackageKey`.
+//! Domain types parsed once at the edge: `PlatformId`, `MnpId`, `Action`, `Region`, `PackageKey`, `RequestId`.
 //!
 //! Past the front nothing handles a raw id string, so input that is not a
 //! valid id can never reach upstream or spend rate budget.
@@ -6,13 +6,20 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
+use smol_str::SmolStr;
+
 use crate::error::GatewayError;
 
 /// The longest id the gateway accepts (PlatformId and MNPId alike).
 pub const MAX_ID_LEN: usize = 64;
 
 /// Checks the shared id grammar: 1–64 characters of `[A-Za-z0-9_-]`.
-fn parse_id(param: &'static str, raw: &str) -> Result<Arc<str>, GatewayError> {
+///
+/// Ids are kept in a `SmolStr`: the usual id (up to 23 bytes) lives inline,
+/// so parsing one allocates nothing on the hit path and a cache key is one
+/// allocation less per entry (BENCHMARKS.md).
+fn parse_id(param: &'static str, raw: &str) -> Result<SmolStr, GatewayError> {
     if raw.is_empty() {
         return Err(GatewayError::MissingParameter(param));
     }
@@ -24,14 +31,14 @@ fn parse_id(param: &'static str, raw: &str) -> Result<Arc<str>, GatewayError> {
             "{param} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_-]"
         )));
     }
-    Ok(Arc::from(raw))
+    Ok(SmolStr::new(raw))
 }
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $param:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(SmolStr);
 
         impl $name {
             /// The parameter name Tencent Cloud uses for this id.
@@ -56,7 +63,7 @@ macro_rules! id_type {
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), &*self.0)
+                write!(f, "{}({:?})", stringify!($name), self.0.as_str())
             }
         }
     };
@@ -190,6 +197,74 @@ impl fmt::Display for PackageKey {
     }
 }
 
+/// A request's id (`X-Request-Id`, sent upstream as `X-TC-TraceId`).
+#[derive(Clone)]
+pub enum RequestId {
+    /// The client's, sharing the bytes of its request header.
+    Client(HeaderValue),
+    /// Made here: a hyphenated v4 UUID kept inline, so passing it around
+    /// allocates nothing.
+    Generated([u8; 36]),
+}
+
+impl RequestId {
+    /// The client's `X-Request-Id` when it is 1–128 characters of
+    /// `[A-Za-z0-9._-]`, else a new one.
+    pub fn from_header(value: Option<&HeaderValue>) -> Self {
+        let valid = |v: &&HeaderValue| {
+            (1..=128).contains(&v.len())
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        match value.filter(valid) {
+            Some(value) => RequestId::Client(value.clone()),
+            None => RequestId::generate(),
+        }
+    }
+
+    /// A random (version 4) UUID. fastrand's thread-local generator rather
+    /// than the OS: ids need to be unique, not unpredictable, and a getrandom
+    /// call per request cost the hit path measurably (BENCHMARKS.md).
+    pub fn generate() -> Self {
+        let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid.hyphenated().encode_lower(&mut text);
+        RequestId::Generated(text)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Both forms hold visible ASCII only (checked or generated above).
+        match self {
+            RequestId::Client(value) => value.to_str().unwrap_or_default(),
+            RequestId::Generated(text) => std::str::from_utf8(text).unwrap_or_default(),
+        }
+    }
+
+    /// The id as a response header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Client(value) => value.clone(),
+            RequestId::Generated(text) => {
+                HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static(""))
+            }
+        }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({:?})", self.as_str())
+    }
+}
+
 /// Cuts client-controlled text before it is echoed in an error message.
 pub(crate) fn truncate_for_message(raw: &str) -> String {
     raw.chars().take(64).collect()
@@ -232,6 +307,19 @@ mod tests {
             let id = MnpId::parse(&raw).unwrap();
             proptest::prop_assert_eq!(id.as_str(), raw.as_str());
         }
+    }
+
+    #[test]
+    fn a_valid_client_request_id_is_kept_and_a_bad_one_replaced() {
+        let kept = RequestId::from_header(Some(&HeaderValue::from_static("abc-1.2_3")));
+        assert_eq!(kept.as_str(), "abc-1.2_3");
+        for bad in ["", "a b", "a/b"] {
+            let id = RequestId::from_header(Some(&HeaderValue::from_static(bad)));
+            assert!(uuid::Uuid::parse_str(id.as_str()).is_ok(), "{bad:?} kept");
+        }
+        let made = RequestId::from_header(None);
+        assert_eq!(made.to_header_value(), made.as_str());
+        assert_ne!(made.as_str(), RequestId::generate().as_str());
     }
 
     #[test]

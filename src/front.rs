@@ -17,7 +17,7 @@ use hyper::body::Body;
 
 use crate::access::AccessPolicy;
 use crate::credentials::CredentialStore;
-use crate::domain::{Action, PackageKey, Region};
+use crate::domain::{Action, PackageKey, Region, RequestId};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::resolver::{CacheStatus, Resolver};
@@ -30,6 +30,8 @@ pub type GatewayResponse = Response<Full<Bytes>>;
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-TC-Region`.
+static X_TC_REGION: HeaderName = HeaderName::from_static("x-tc-region");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Everything a request handler needs, shared by all connections.
@@ -110,27 +112,31 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let started = Instant::now();
-    let request_id = request_id(&request);
+    // One clock read serves the whole request: freshness, `Age` and the
+    // deadline are all taken from the instant it arrived.
+    let received = Instant::now();
+    let request_id = RequestId::from_header(request.headers().get(&X_REQUEST_ID));
     let method = request.method().clone();
-    let uri = request.uri().clone();
-    let path = uri.path();
-    let (mut response, log) = if let Some(probe) = probe(&state, &method, path) {
+    // The URI is kept for the log line only when that line will be written:
+    // the copy costs an allocation per request.
+    let logged_uri = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone());
+    let tc_shape = request.uri().path() == "/";
+    let (mut response, log) = if let Some(probe) = probe(&state, &method, request.uri().path()) {
         // Probes answer everyone: kubelets send no token.
         probe
     } else if let Err(refused) = state.access.check(peer.ip(), &request) {
-        if path == "/" {
-            tc::refuse(&refused, &request_id)
+        if tc_shape {
+            tc::refuse(&refused, request_id.as_str())
         } else {
             rest::refuse(&refused)
         }
-    } else if path == "/" {
-        tc::handle(&state, request, &request_id).await
+    } else if tc_shape {
+        tc::handle(&state, request, &request_id, received).await
     } else {
-        rest::handle(&state, request, &request_id).await
+        rest::handle(&state, request, &request_id, received).await
     };
     finish(&mut response, &request_id, log.cache);
-    let took = started.elapsed();
+    let took = received.elapsed();
     if log.front != "probe" {
         state
             .metrics
@@ -140,7 +146,7 @@ where
         request_id = %request_id,
         front = log.front,
         method = %method,
-        path = %path,
+        path = logged_uri.as_ref().map(http::Uri::path),
         action = log.action.map(Action::tc_name),
         key = log.key.as_ref().map(tracing::field::display),
         outcome = log.outcome(),
@@ -202,11 +208,9 @@ pub fn json_response(status: StatusCode, body: Bytes) -> GatewayResponse {
 }
 
 /// Adds the headers every answer carries.
-fn finish(response: &mut GatewayResponse, request_id: &str, cache: Option<CacheStatus>) {
+fn finish(response: &mut GatewayResponse, request_id: &RequestId, cache: Option<CacheStatus>) {
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID.clone(), value);
-    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.to_header_value());
     let cache = cache.unwrap_or(CacheStatus::Miss);
     headers.insert(X_CACHE.clone(), HeaderValue::from_static(cache.as_str()));
     if !headers.contains_key(CACHE_CONTROL) {
@@ -214,34 +218,14 @@ fn finish(response: &mut GatewayResponse, request_id: &str, cache: Option<CacheS
     }
 }
 
-/// The client's `X-Request-Id` when it is 1–128 characters of `[A-Za-z0-9._-]`, else a new one.
-pub fn request_id<B>(request: &Request<B>) -> Arc<str> {
-    request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            (1..=128).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-        .map(Arc::from)
-        .unwrap_or_else(new_request_id)
-}
-
-/// A random (version 4) UUID. fastrand's thread-local generator rather than
-/// the OS: ids need to be unique, not unpredictable, and a getrandom call per
-/// request cost the hit path measurably (BENCHMARKS.md).
-fn new_request_id() -> Arc<str> {
-    let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    Arc::from(&*uuid.hyphenated().encode_lower(&mut text))
+/// When a request received at `received` must be answered.
+pub fn deadline(state: &AppState, received: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(received) + state.settings.server.request_timeout()
 }
 
 /// `X-TC-Region` when the client sent one.
 pub fn client_region<B>(request: &Request<B>) -> Result<Option<Region>, GatewayError> {
-    match request.headers().get("x-tc-region") {
+    match request.headers().get(&X_TC_REGION) {
         None => Ok(None),
         Some(value) => value
             .to_str()
@@ -298,6 +282,25 @@ fn short(e: &dyn Display) -> String {
 
 /// Appends a JSON string literal of `text` to `out`.
 pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Ids and URLs rarely need escaping: copy those as they are.
+    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Serialising a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests {
+    proptest::proptest! {
+        #[test]
+        fn json_strings_are_written_as_serde_json_writes_them(text in "\\PC{0,40}|[\\x00-\\x7f]{0,40}") {
+            let mut out = Vec::new();
+            super::push_json_string(&mut out, &text);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&text).unwrap());
+        }
+    }
 }

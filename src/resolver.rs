@@ -13,7 +13,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::domain::{Action, PackageKey, Region};
+use crate::domain::{Action, PackageKey, Region, RequestId};
 use crate::error::{ApiError, GatewayError, CODE_NOT_EXIST, CODE_PACKAGE_EXPIRED};
 use crate::fleet::{unix_now_ms, AnySlot, Claim, Fleet, Invalidation, SharedAnswer};
 use crate::metrics::{CacheEvent, Metrics};
@@ -196,10 +196,12 @@ pub struct Lookup {
     pub region: Option<Region>,
     /// `Cache-Control: no-cache`: skip the cache and ask upstream.
     pub revalidate: bool,
+    /// When the client's request arrived: freshness is judged at this instant.
+    pub received: Instant,
     /// When the client's request must be answered.
     pub deadline: tokio::time::Instant,
     /// The request id, sent upstream as `X-TC-TraceId`.
-    pub request_id: Arc<str>,
+    pub request_id: RequestId,
 }
 
 type FetchResult = Result<Served, GatewayError>;
@@ -355,7 +357,7 @@ impl Resolver {
     /// refresh runs; else from the shared upstream call, falling back to a
     /// stale URL when upstream fails.
     pub async fn resolve(self: &Arc<Self>, lookup: Lookup) -> Resolution {
-        let now = Instant::now();
+        let now = lookup.received;
         let mut fallback = None;
         match self.cache.get(&lookup.key).await.as_deref() {
             Some(CachedAnswer::NotExist { api, until }) if !lookup.revalidate && now < *until => {
@@ -657,7 +659,7 @@ impl Resolver {
                 .call(
                     &lookup.key,
                     region,
-                    &lookup.request_id,
+                    lookup.request_id.as_str(),
                     lookup.deadline,
                     slot,
                 )

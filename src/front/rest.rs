@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use super::{
     client_region, json_response, wants_revalidation, AppState, GatewayResponse, RequestLog,
 };
-use crate::domain::{Action, MnpId, PackageKey, PlatformId};
+use crate::domain::{Action, MnpId, PackageKey, PlatformId, RequestId};
 use crate::error::GatewayError;
 use crate::resolver::Lookup;
 
@@ -18,10 +18,11 @@ use crate::resolver::Lookup;
 pub async fn handle<B>(
     state: &Arc<AppState>,
     request: Request<B>,
-    request_id: &Arc<str>,
+    request_id: &RequestId,
+    received: Instant,
 ) -> (GatewayResponse, RequestLog) {
     let mut log = RequestLog::new("rest");
-    let lookup = match parse(&request, request_id, state, &mut log) {
+    let lookup = match parse(&request, request_id, received, state, &mut log) {
         Ok(lookup) => lookup,
         Err(e) => return (error_response(&e, &mut log), log),
     };
@@ -30,19 +31,31 @@ pub async fn handle<B>(
     log.upstream_ms = resolution.upstream_ms;
     let response = match resolution.outcome {
         Ok(served) => {
-            let now = Instant::now();
             let mut response = json_response(StatusCode::OK, served.url.rest_body.clone());
             let headers = response.headers_mut();
-            let max_age = format!("max-age={}", served.url.fresh_secs_left(now));
-            if let Ok(value) = HeaderValue::from_str(&max_age) {
-                headers.insert(CACHE_CONTROL, value);
-            }
-            headers.insert(AGE, HeaderValue::from(served.url.age_secs(now)));
+            headers.insert(
+                CACHE_CONTROL,
+                seconds(b"max-age=", served.url.fresh_secs_left(received)),
+            );
+            headers.insert(AGE, seconds(b"", served.url.age_secs(received)));
             response
         }
         Err(e) => error_response(&e, &mut log),
     };
     (response, log)
+}
+
+/// `<head><secs>` as a header value, in one allocation (`format!` and
+/// `HeaderValue::from(u64)` take two).
+fn seconds(head: &[u8], secs: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(secs).as_bytes();
+    let mut text = [0u8; 32];
+    let len = head.len() + digits.len();
+    text[..head.len()].copy_from_slice(head);
+    text[head.len()..len].copy_from_slice(digits);
+    // A short ASCII head and digits: always a valid header value.
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Answers a refused client: 401 (with `WWW-Authenticate`) or 403.
@@ -59,17 +72,16 @@ pub fn refuse(e: &GatewayError) -> (GatewayResponse, RequestLog) {
 
 fn parse<B>(
     request: &Request<B>,
-    request_id: &Arc<str>,
+    request_id: &RequestId,
+    received: Instant,
     state: &AppState,
     log: &mut RequestLog,
 ) -> Result<Lookup, GatewayError> {
-    let mut segments = request.uri().path().splitn(8, '/');
-    let mut next = || segments.next().unwrap_or("/");
-    let [_, v1, platforms, platform, kind, mnp, leaf, rest] = std::array::from_fn(|_| next());
-    let ("v1", "platforms", "offline-package-url", "/") = (v1, platforms, leaf, rest) else {
+    let path = request.uri().path();
+    let Some((platform, kind, mnp)) = route(path) else {
         return Err(GatewayError::NotFound(format!(
             "no route for {}; see /v1/platforms/{{PlatformId}}/mini-programs/{{MNPId}}/offline-package-url",
-            crate::domain::truncate_for_message(request.uri().path())
+            crate::domain::truncate_for_message(path)
         )));
     };
     let action = Action::from_rest_segment(kind).ok_or_else(|| {
@@ -92,9 +104,25 @@ fn parse<B>(
         key,
         region: client_region(request)?,
         revalidate: wants_revalidation(request),
-        deadline: tokio::time::Instant::now() + state.settings.server.request_timeout(),
-        request_id: Arc::clone(request_id),
+        received,
+        deadline: super::deadline(state, received),
+        request_id: request_id.clone(),
     })
+}
+
+/// `(PlatformId, kind, MNPId)` of `/v1/platforms/{PlatformId}/{kind}/{MNPId}/offline-package-url`.
+fn route(path: &str) -> Option<(&str, &str, &str)> {
+    // A byte scan: `split('/')` goes through memchr, which costs more than
+    // it saves on segments this short (BENCHMARKS.md).
+    fn segment(rest: &str) -> Option<(&str, &str)> {
+        let slash = rest.bytes().position(|b| b == b'/')?;
+        Some((&rest[..slash], &rest[slash + 1..]))
+    }
+    let rest = path.strip_prefix("/v1/platforms/")?;
+    let (platform, rest) = segment(rest)?;
+    let (kind, rest) = segment(rest)?;
+    let (mnp, leaf) = segment(rest)?;
+    (leaf == "offline-package-url").then_some((platform, kind, mnp))
 }
 
 /// `{"error":{"code":...,"message":...}}` with the status the error maps to.

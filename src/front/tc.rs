@@ -5,9 +5,10 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderName, Method, Request, StatusCode};
 use hyper::body::Body;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,39 +18,45 @@ use super::{
     client_region, json_response, push_json_string, read_body, wants_revalidation, GatewayResponse,
     RequestLog,
 };
-use crate::domain::{Action, MnpId, PackageKey, PlatformId};
+use crate::domain::{Action, MnpId, PackageKey, PlatformId, RequestId};
 use crate::error::GatewayError;
 use crate::resolver::{CacheStatus, Lookup};
+
+/// `X-TC-Action`.
+static X_TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
 
 /// Handles `POST /`.
 pub async fn handle<B>(
     state: &Arc<AppState>,
     request: Request<B>,
-    request_id: &Arc<str>,
+    request_id: &RequestId,
+    received: Instant,
 ) -> (GatewayResponse, RequestLog)
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut log = RequestLog::new("tc");
-    let deadline = tokio::time::Instant::now() + state.settings.server.request_timeout();
-    let lookup = match parse(state, request, request_id, deadline, &mut log).await {
+    let lookup = match parse(state, request, request_id, received, &mut log).await {
         Ok(lookup) => lookup,
-        Err(e) => return (error_response(&e, request_id, &mut log), log),
+        Err(e) => return (error_response(&e, request_id.as_str(), &mut log), log),
     };
     let resolution = state.resolver.resolve(lookup).await;
     log.cache = Some(resolution.cache);
     log.upstream_ms = resolution.upstream_ms;
     let response = match resolution.outcome {
         Ok(served) => {
-            let answer_id = served.upstream_request_id.as_deref().unwrap_or(request_id);
+            let answer_id = served
+                .upstream_request_id
+                .as_deref()
+                .unwrap_or(request_id.as_str());
             json_response(StatusCode::OK, url_body(&served.url.url_json(), answer_id))
         }
         Err(e) => {
             let answer_id = e
                 .upstream_request_id()
                 .filter(|_| resolution.cache == CacheStatus::Miss && !resolution.coalesced)
-                .unwrap_or(request_id);
+                .unwrap_or(request_id.as_str());
             error_response(&e, answer_id, &mut log)
         }
     };
@@ -67,8 +74,8 @@ pub fn refuse(e: &GatewayError, request_id: &str) -> (GatewayResponse, RequestLo
 async fn parse<B>(
     state: &AppState,
     request: Request<B>,
-    request_id: &Arc<str>,
-    deadline: tokio::time::Instant,
+    request_id: &RequestId,
+    received: Instant,
     log: &mut RequestLog,
 ) -> Result<Lookup, GatewayError>
 where
@@ -82,7 +89,7 @@ where
     }
     let action_name = request
         .headers()
-        .get("x-tc-action")
+        .get(&X_TC_ACTION)
         .ok_or(GatewayError::MissingParameter("X-TC-Action"))?
         .to_str()
         .map_err(|_| GatewayError::InvalidAction("X-TC-Action is not ASCII".to_owned()))?;
@@ -102,8 +109,9 @@ where
         key,
         region,
         revalidate,
-        deadline,
-        request_id: Arc::clone(request_id),
+        received,
+        deadline: super::deadline(state, received),
+        request_id: request_id.clone(),
     })
 }
 
@@ -118,8 +126,35 @@ struct TcBody<'a> {
     mnp_id: Option<&'a RawValue>,
 }
 
+/// The usual body in one typed pass: both parameters borrowed strings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcStrings<'a> {
+    #[serde(rename = "PlatformId", borrow, default)]
+    platform_id: Option<Cow<'a, str>>,
+    #[serde(rename = "MNPId", borrow, default)]
+    mnp_id: Option<Cow<'a, str>>,
+}
+
 /// Parses `{"MNPId": "...", "PlatformId": "..."}`.
 pub fn parse_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
+    // One pass for a well-formed body; anything it refuses is parsed again
+    // below, field by field, for an error that names the bad parameter.
+    if let Ok(TcStrings {
+        platform_id: Some(platform_id),
+        mnp_id: Some(mnp_id),
+    }) = serde_json::from_slice(body)
+    {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return Ok((PlatformId::parse(&platform_id)?, MnpId::parse(&mnp_id)?));
+        }
+    }
+    explain_body(body)
+}
+
+/// The slow path of `parse_body`: which parameter is missing, of the wrong
+/// type or unknown.
+fn explain_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
     // serde would also read a struct from a JSON array: only objects are bodies.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(GatewayError::InvalidParameter(
@@ -198,6 +233,23 @@ mod tests {
         assert_eq!(err("{"), "InvalidParameter");
         assert_eq!(err("[]"), "InvalidParameter");
         assert!(parse_body(br#"{"MNPId":"m","PlatformId":"p"}"#).is_ok());
+    }
+
+    fn outcome(r: Result<(PlatformId, MnpId), GatewayError>) -> Result<String, String> {
+        r.map(|(p, m)| format!("{p}/{m}"))
+            .map_err(|e| format!("{} {}", e.tc_code(), e.message()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_parse_agrees_with_the_explaining_one(
+            body in r#"[ ]?\{("(MNPId|PlatformId|X)":("[a-z\\"-]{0,5}"|null|1|\[\]),?){0,3}\}|\[("[a-z]{0,3}",?){0,2}\]"#
+        ) {
+            proptest::prop_assert_eq!(
+                outcome(parse_body(body.as_bytes())),
+                outcome(explain_body(body.as_bytes()))
+            );
+        }
     }
 
     #[test]
