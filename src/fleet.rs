@@ -608,20 +608,20 @@ impl Fleet {
         }
     }
 
-    /// The shared form of an answer fetched here.
-    pub fn share(url: &crate::resolver::CachedUrl) -> SharedAnswer {
+    /// The shared form of an answer fetched here (`url_text` is its URL).
+    pub fn share(url: &crate::resolver::CachedUrl, url_text: String) -> SharedAnswer {
         let now = std::time::Instant::now();
         let now_ms = unix_now_ms();
         let at = |instant: std::time::Instant| {
             now_ms + instant.saturating_duration_since(now).as_millis() as u64
         };
         SharedAnswer {
-            url: url.url(),
+            url: url_text,
             fetched_ms: now_ms
-                .saturating_sub(now.saturating_duration_since(url.fetched_at).as_millis() as u64),
-            fresh_until_ms: at(url.fresh_until),
-            stale_until_ms: at(url.stale_until),
-            stale_if_error_until_ms: at(url.stale_if_error_until),
+                .saturating_sub(now.saturating_duration_since(url.fetched_at()).as_millis() as u64),
+            fresh_until_ms: at(url.fresh_until()),
+            stale_until_ms: at(url.stale_until()),
+            stale_if_error_until_ms: at(url.stale_if_error_until()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Resolves a `PackageKey` to a URL: cache first, one shared upstream call on a miss,
 //! stale answers while refreshing or while upstream is failing.
 
+pub mod packed_url;
 pub mod url_expiry;
 
 use std::collections::HashMap;
@@ -8,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::future::Cache;
 use moka::Expiry;
@@ -20,6 +20,7 @@ use crate::metrics::{CacheEvent, Metrics};
 use crate::settings::{CacheSettings, Settings};
 use crate::upstream::rate_budget::{WaiterGuard, HOLD_AFTER_ANSWER};
 use crate::upstream::{unix_now_secs, FetchedUrl, UpstreamClient};
+use packed_url::{KeyIds, PackedUrl, UrlShapes};
 
 /// First retry back-off ceiling; doubles with each attempt (full jitter).
 const RETRY_BASE: Duration = Duration::from_millis(100);
@@ -27,58 +28,83 @@ const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// A package URL ready to be served, with the windows in which it may be.
-#[derive(Clone, Debug)]
+///
+/// One allocation per cached answer (memory per entry: BENCHMARKS.md).
+#[derive(Debug)]
 pub struct CachedUrl {
-    /// The REST shape's whole body, `{"url":<URL as a JSON string>}`,
-    /// rendered once per fetch so that a hit copies nothing. The only copy of
-    /// the URL an entry keeps (memory per entry: BENCHMARKS.md).
-    pub rest_body: Bytes,
+    /// The URL, packed against its key's ids.
+    url: PackedUrl,
     /// When upstream answered it (for `Age`).
-    pub fetched_at: Instant,
-    /// Served as a hit until then.
-    pub fresh_until: Instant,
-    /// Served stale, while one background refresh runs, until then.
-    pub stale_until: Instant,
-    /// Served stale while upstream fails, until then. Never past the URL's
-    /// own end minus the margin.
-    pub stale_if_error_until: Instant,
+    fetched_at: Instant,
+    // The windows, in milliseconds after `fetched_at` (12 bytes where three
+    // `Instant`s take 48; a window is capped at 49 days).
+    fresh_ms: u32,
+    stale_ms: u32,
+    stale_if_error_ms: u32,
 }
 
 impl CachedUrl {
-    fn new(url: &str, fetched_at: Instant) -> Self {
-        let mut body = Vec::with_capacity(url.len() + 10);
-        body.extend_from_slice(br#"{"url":"#);
-        crate::front::push_json_string(&mut body, url);
-        body.push(b'}');
+    /// A URL fetched at `fetched_at` and servable for the given times after it.
+    fn new(
+        url: PackedUrl,
+        fetched_at: Instant,
+        fresh: Duration,
+        stale: Duration,
+        stale_if_error: Duration,
+    ) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         CachedUrl {
-            rest_body: Bytes::from(body),
+            url,
             fetched_at,
-            fresh_until: fetched_at,
-            stale_until: fetched_at,
-            stale_if_error_until: fetched_at,
+            fresh_ms: ms(fresh),
+            stale_ms: ms(stale),
+            stale_if_error_ms: ms(stale_if_error),
         }
     }
 
-    /// The URL as a JSON string literal (quoted, escaped): a view into the body.
-    pub fn url_json(&self) -> Bytes {
-        self.rest_body
-            .slice(REST_HEAD.len()..self.rest_body.len().saturating_sub(1))
+    fn after_fetch(&self, ms: u32) -> Instant {
+        self.fetched_at + Duration::from_millis(u64::from(ms))
     }
 
-    /// The URL itself.
-    pub fn url(&self) -> String {
-        serde_json::from_slice(&self.url_json()).unwrap_or_default()
+    /// When upstream answered it.
+    pub fn fetched_at(&self) -> Instant {
+        self.fetched_at
+    }
+
+    /// Served as a hit until then.
+    pub fn fresh_until(&self) -> Instant {
+        self.after_fetch(self.fresh_ms)
+    }
+
+    /// Served stale, while one background refresh runs, until then.
+    pub fn stale_until(&self) -> Instant {
+        self.after_fetch(self.stale_ms)
+    }
+
+    /// Served stale while upstream fails, until then. Never past the URL's
+    /// own end minus the margin.
+    pub fn stale_if_error_until(&self) -> Instant {
+        self.after_fetch(self.stale_if_error_ms)
     }
 
     /// Seconds left before it stops being fresh (for `max-age`).
     pub fn fresh_secs_left(&self, now: Instant) -> u64 {
-        self.fresh_until.saturating_duration_since(now).as_secs()
+        self.fresh_until().saturating_duration_since(now).as_secs()
     }
 
     /// Seconds since upstream answered it (for `Age`).
     pub fn age_secs(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.fetched_at).as_secs()
     }
+}
+
+/// The JSON string content of `url` (escaped, without the quotes).
+fn json_content(url: &str) -> Vec<u8> {
+    let mut quoted = Vec::with_capacity(url.len() + 2);
+    crate::front::push_json_string(&mut quoted, url);
+    quoted.pop();
+    quoted.remove(0);
+    quoted
 }
 
 /// How long answers live: the policy half of the cache settings.
@@ -107,27 +133,33 @@ impl From<&CacheSettings> for Lifetimes {
 impl Lifetimes {
     /// The windows of a URL fetched at `now` (Unix `now_unix`), each capped
     /// by the URL's own end minus the margin.
-    fn windows(&self, url: String, now: Instant, now_unix: i64) -> CachedUrl {
+    fn windows(&self, url: &str, packed: PackedUrl, now: Instant, now_unix: i64) -> CachedUrl {
         let left =
-            url_expiry::time_left(url_expiry::url_end_unix(&url), now_unix, self.expiry_margin);
+            url_expiry::time_left(url_expiry::url_end_unix(url), now_unix, self.expiry_margin);
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
-        CachedUrl {
-            fresh_until: now + cap(self.ttl),
-            stale_until: now + cap(self.ttl + self.stale),
-            stale_if_error_until: now + cap(self.ttl + self.stale.max(self.stale_if_error)),
-            ..CachedUrl::new(&url, now)
-        }
+        CachedUrl::new(
+            packed,
+            now,
+            cap(self.ttl),
+            cap(self.ttl + self.stale),
+            cap(self.ttl + self.stale.max(self.stale_if_error)),
+        )
     }
 }
 
-/// What the REST body starts with.
-const REST_HEAD: &[u8] = br#"{"url":"#;
-
 /// What the cache holds for a key: a URL, or upstream's "no online version".
-#[derive(Debug)]
+/// A cheap clone (what moka hands out on a hit).
+#[derive(Clone, Debug)]
 enum CachedAnswer {
-    Url(CachedUrl),
-    NotExist { api: ApiError, until: Instant },
+    Url(Arc<CachedUrl>),
+    NotExist(Arc<NotExist>),
+}
+
+/// A remembered `FailedOperation.MNPOnlineVersionNotExist`.
+#[derive(Debug)]
+struct NotExist {
+    api: ApiError,
+    until: Instant,
 }
 
 /// Where an answer came from (`X-Cache`).
@@ -156,11 +188,56 @@ impl CacheStatus {
 #[derive(Clone, Debug)]
 pub struct Served {
     /// The URL and its timing.
-    pub url: CachedUrl,
+    url: Arc<CachedUrl>,
+    /// The key it was fetched for (the URL is packed against its ids).
+    key: PackageKey,
     /// Upstream's `RequestId` when this request was answered by an upstream call.
     pub upstream_request_id: Option<String>,
     /// Found in the fleet's shared cache (Redis), not fetched upstream.
     pub shared_hit: bool,
+}
+
+impl Served {
+    fn new(url: &Arc<CachedUrl>, key: &PackageKey) -> Self {
+        Served {
+            url: Arc::clone(url),
+            key: key.clone(),
+            shared_hit: false,
+            upstream_request_id: None,
+        }
+    }
+
+    /// The URL's timing.
+    pub fn url(&self) -> &CachedUrl {
+        &self.url
+    }
+
+    /// Length of the URL as a JSON string literal.
+    pub fn url_json_len(&self) -> usize {
+        self.url.url.json_len() + 2
+    }
+
+    /// Appends the URL as a JSON string literal (quoted, escaped), exactly
+    /// as upstream sent it.
+    pub fn write_url_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        self.url.url.write_json(key_ids(&self.key), out);
+        out.push(b'"');
+    }
+
+    /// The URL itself.
+    pub fn url_text(&self) -> String {
+        let mut json = Vec::with_capacity(self.url_json_len());
+        self.write_url_json(&mut json);
+        serde_json::from_slice(&json).unwrap_or_default()
+    }
+}
+
+fn key_ids(key: &PackageKey) -> KeyIds<'_> {
+    KeyIds {
+        platform_id: key.platform_id.as_str(),
+        mnp_id: key.mnp_id.as_str(),
+    }
 }
 
 /// The answer to one lookup, with its cache status.
@@ -241,17 +318,17 @@ struct AnswerExpiry;
 impl AnswerExpiry {
     fn until(value: &CachedAnswer) -> Instant {
         match value {
-            CachedAnswer::Url(u) => u.stale_if_error_until,
-            CachedAnswer::NotExist { until, .. } => *until,
+            CachedAnswer::Url(u) => u.stale_if_error_until(),
+            CachedAnswer::NotExist(n) => n.until,
         }
     }
 }
 
-impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
+impl Expiry<PackageKey, CachedAnswer> for AnswerExpiry {
     fn expire_after_create(
         &self,
         _key: &PackageKey,
-        value: &Arc<CachedAnswer>,
+        value: &CachedAnswer,
         created_at: Instant,
     ) -> Option<Duration> {
         Some(Self::until(value).saturating_duration_since(created_at))
@@ -260,7 +337,7 @@ impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
     fn expire_after_update(
         &self,
         _key: &PackageKey,
-        value: &Arc<CachedAnswer>,
+        value: &CachedAnswer,
         updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -269,9 +346,16 @@ impl Expiry<PackageKey, Arc<CachedAnswer>> for AnswerExpiry {
     }
 }
 
+/// Hashes cache keys on every lookup. foldhash rather than SipHash: it is
+/// several times cheaper on the hit path, and its per-process random seed
+/// still keeps clients from choosing colliding ids.
+type KeyHasher = foldhash::fast::RandomState;
+
 /// The cache, the in-flight upstream calls, and the policy that connects them.
 pub struct Resolver {
-    cache: Cache<PackageKey, Arc<CachedAnswer>>,
+    cache: Cache<PackageKey, CachedAnswer, KeyHasher>,
+    /// The shapes cached URLs share.
+    shapes: UrlShapes,
     /// Keys whose last refresh failed, for `upstream.error_backoff_secs`.
     failing: Cache<PackageKey, ()>,
     inflight: Mutex<HashMap<PackageKey, InflightFetch>>,
@@ -313,12 +397,13 @@ impl Resolver {
             cache: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .expire_after(AnswerExpiry)
-                .build(),
+                .build_with_hasher(KeyHasher::default()),
             failing: Cache::builder()
                 // Only keys whose refresh just failed: a small bound suffices.
                 .max_capacity(cache.max_entries.min(10_000))
                 .time_to_live(secs(settings.upstream.error_backoff_secs))
                 .build(),
+            shapes: UrlShapes::default(),
             inflight: Mutex::new(HashMap::new()),
             upstream,
             lifetimes: RwLock::new(Lifetimes::from(cache)),
@@ -359,35 +444,51 @@ impl Resolver {
     pub async fn resolve(self: &Arc<Self>, lookup: Lookup) -> Resolution {
         let now = lookup.received;
         let mut fallback = None;
-        match self.cache.get(&lookup.key).await.as_deref() {
-            Some(CachedAnswer::NotExist { api, until }) if !lookup.revalidate && now < *until => {
+        match self.cache.get(&lookup.key).await {
+            Some(CachedAnswer::NotExist(n)) if !lookup.revalidate && now < n.until => {
                 let api = ApiError {
                     request_id: None,
-                    ..api.clone()
+                    ..n.api.clone()
                 };
                 self.metrics.cache_event(CacheEvent::negative_hit);
                 return Resolution::cached(Err(GatewayError::Upstream(api)), CacheStatus::Hit);
             }
             Some(CachedAnswer::Url(url)) => {
-                if !lookup.revalidate && now < url.fresh_until {
+                if !lookup.revalidate && now < url.fresh_until() {
                     self.metrics.cache_event(CacheEvent::hit);
-                    return Resolution::cached(Ok(served(url)), CacheStatus::Hit);
+                    return Resolution::cached(
+                        Ok(Served::new(&url, &lookup.key)),
+                        CacheStatus::Hit,
+                    );
                 }
-                if !lookup.revalidate && now < url.stale_until {
+                if !lookup.revalidate && now < url.stale_until() {
                     self.refresh_in_background(&lookup);
-                    return self.stale(url);
+                    return self.stale(&url, &lookup.key);
                 }
-                if now < url.stale_if_error_until {
+                if now < url.stale_if_error_until() {
                     if self.failing.contains_key(&lookup.key) {
                         // Upstream failed for this key moments ago: not again yet.
-                        return self.stale(url);
+                        return self.stale(&url, &lookup.key);
                     }
-                    fallback = Some(url.clone());
+                    fallback = Some(url);
                 }
             }
             _ => {}
         }
+        // Boxed: the miss path's state is large, and a hit should not carry
+        // (and copy) it in every request's future.
+        Box::pin(self.resolve_miss(lookup, fallback)).await
+    }
+
+    /// The miss path of `resolve`: join or start the shared upstream call,
+    /// falling back to `fallback` (a stale URL) when upstream fails.
+    async fn resolve_miss(
+        self: &Arc<Self>,
+        lookup: Lookup,
+        fallback: Option<Arc<CachedUrl>>,
+    ) -> Resolution {
         let deadline = lookup.deadline;
+        let key = lookup.key.clone();
         let waited_since = tokio::time::Instant::now();
         // With a stale URL to fall back on, one failure is enough: no retries.
         let retries = if fallback.is_some() {
@@ -406,7 +507,7 @@ impl Resolver {
             Ok(joined) => joined,
             Err(e) => {
                 return match fallback {
-                    Some(url) => self.stale(&url),
+                    Some(url) => self.stale(&url, &key),
                     None => Resolution::cached(Err(e), CacheStatus::Miss),
                 }
             }
@@ -431,12 +532,12 @@ impl Resolver {
         let upstream_ms = Some(fetch.upstream_ms.load(Ordering::Acquire)).filter(|ms| *ms > 0);
         match (outcome, fallback) {
             (Err(e), Some(url))
-                if e.allows_stale() && Instant::now() < url.stale_if_error_until =>
+                if e.allows_stale() && Instant::now() < url.stale_if_error_until() =>
             {
                 tracing::debug!(error = %e, "upstream failed; serving the stale URL");
                 Resolution {
                     upstream_ms,
-                    ..self.stale(&url)
+                    ..self.stale(&url, &key)
                 }
             }
             (outcome, _) => Resolution {
@@ -455,9 +556,9 @@ impl Resolver {
         }
     }
 
-    fn stale(&self, url: &CachedUrl) -> Resolution {
+    fn stale(&self, url: &Arc<CachedUrl>, key: &PackageKey) -> Resolution {
         self.metrics.cache_event(CacheEvent::stale);
-        Resolution::cached(Ok(served(url)), CacheStatus::Stale)
+        Resolution::cached(Ok(Served::new(url, key)), CacheStatus::Stale)
     }
 
     /// Drops the cached answer for `key`, in every replica in fleet mode;
@@ -602,9 +703,9 @@ impl Resolver {
         if !lookup.revalidate {
             // A call that finished between this request's cache miss and its
             // joining may have just filled the cache: no second upstream call.
-            if let Some(CachedAnswer::Url(url)) = self.cache.get(&lookup.key).await.as_deref() {
-                if Instant::now() < url.fresh_until {
-                    return Ok(served(url));
+            if let Some(CachedAnswer::Url(url)) = self.cache.get(&lookup.key).await {
+                if Instant::now() < url.fresh_until() {
+                    return Ok(Served::new(&url, &lookup.key));
                 }
             }
         }
@@ -731,18 +832,26 @@ impl Resolver {
         if fresh_until <= now {
             return None;
         }
-        let fetched_at = now - Duration::from_millis(now_ms.saturating_sub(shared.fetched_ms));
-        let cached = CachedUrl {
-            fresh_until,
-            stale_until: at(shared.stale_until_ms),
-            stale_if_error_until: at(shared.stale_if_error_until_ms),
-            ..CachedUrl::new(&shared.url, fetched_at)
-        };
-        let answer = CachedAnswer::Url(cached.clone());
-        self.cache.insert(key.clone(), Arc::new(answer)).await;
+        let fetched_at = now
+            .checked_sub(Duration::from_millis(
+                now_ms.saturating_sub(shared.fetched_ms),
+            ))
+            .unwrap_or(now);
+        let since_fetch = |until: Instant| until.saturating_duration_since(fetched_at);
+        let packed = self.shapes.pack(&json_content(&shared.url), key_ids(key));
+        let cached = Arc::new(CachedUrl::new(
+            packed,
+            fetched_at,
+            since_fetch(fresh_until),
+            since_fetch(at(shared.stale_until_ms)),
+            since_fetch(at(shared.stale_if_error_until_ms)),
+        ));
+        self.cache
+            .insert(key.clone(), CachedAnswer::Url(Arc::clone(&cached)))
+            .await;
         Some(Served {
             shared_hit: true,
-            ..served(&cached)
+            ..Served::new(&cached, key)
         })
     }
 
@@ -756,12 +865,15 @@ impl Resolver {
             Ok(FetchedUrl { url, request_id }) => {
                 self.failing.invalidate(key).await;
                 let lifetimes = *self.lifetimes.read().unwrap_or_else(|p| p.into_inner());
-                let cached = lifetimes.windows(url, Instant::now(), unix_now_secs());
-                if cached.fresh_until > cached.fetched_at {
-                    let answer = CachedAnswer::Url(cached.clone());
-                    self.cache.insert(key.clone(), Arc::new(answer)).await;
+                let packed = self.shapes.pack(&json_content(&url), key_ids(key));
+                let cached =
+                    Arc::new(lifetimes.windows(&url, packed, Instant::now(), unix_now_secs()));
+                if cached.fresh_until() > cached.fetched_at() {
+                    self.cache
+                        .insert(key.clone(), CachedAnswer::Url(Arc::clone(&cached)))
+                        .await;
                     if let Some(fleet) = &self.fleet {
-                        fleet.put_answer(key, &Fleet::share(&cached)).await;
+                        fleet.put_answer(key, &Fleet::share(&cached, url)).await;
                     }
                 } else {
                     // Straight from upstream but already inside the margin:
@@ -769,9 +881,8 @@ impl Resolver {
                     self.cache.invalidate(key).await;
                 }
                 Ok(Served {
-                    url: cached,
                     upstream_request_id: request_id,
-                    shared_hit: false,
+                    ..Served::new(&cached, key)
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
@@ -787,11 +898,11 @@ impl Resolver {
                     .unwrap_or_else(|p| p.into_inner())
                     .negative_ttl;
                 if !negative_ttl.is_zero() {
-                    let entry = CachedAnswer::NotExist {
+                    let entry = CachedAnswer::NotExist(Arc::new(NotExist {
                         api: api.clone(),
                         until: Instant::now() + negative_ttl,
-                    };
-                    self.cache.insert(key.clone(), Arc::new(entry)).await;
+                    }));
+                    self.cache.insert(key.clone(), entry).await;
                 }
                 Err(GatewayError::Upstream(api))
             }
@@ -803,13 +914,5 @@ impl Resolver {
                 Err(e)
             }
         }
-    }
-}
-
-fn served(url: &CachedUrl) -> Served {
-    Served {
-        url: url.clone(),
-        shared_hit: false,
-        upstream_request_id: None,
     }
 }

@@ -1,10 +1,11 @@
-//! Accept loop: connection limit, header-read timeout, HTTP/1.1 and h2c on one port, graceful shutdown.
+//! Accept loop: connection limit, idle and header-read timeout, HTTP/1.1 and h2c on one port, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -22,7 +23,8 @@ use crate::front::GatewayResponse;
 pub struct ConnectionLimits {
     /// Most connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A client must send its request headers within this time.
+    /// A connection with no request in flight is closed after this long:
+    /// a client must send its request headers within this time.
     pub header_read_timeout: Duration,
     /// How long in-flight requests get to finish after shutdown begins.
     pub shutdown_grace: Duration,
@@ -40,12 +42,10 @@ pub async fn serve<H, Fut>(
     Fut: Future<Output = GatewayResponse> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true)
-        .max_buf_size(64 * 1024);
+    // No hyper header_read_timeout: it arms and cancels a timer on every
+    // request, which cost 7% of a cache hit (BENCHMARKS.md). `IdleGuard`
+    // gives the same protection with one timer per connection.
+    builder.http1().keep_alive(true).max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -75,25 +75,28 @@ pub async fn serve<H, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let idle = Arc::new(IdleGuard::new());
+        let requests = Arc::clone(&idle);
         let service = service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(request, peer).await) }
+            let in_flight = InFlight::start(&requests);
+            async move {
+                let response = handler(request, peer).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // hyper's header timeout starts with the first byte: a connection
-            // that never sends one would hold its slot for ever.
-            let mut first = [0u8; 1];
-            let first_byte =
-                tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first));
-            if !matches!(first_byte.await, Ok(Ok(1))) {
-                tracing::debug!(listener = name, %peer, "closing a connection that sent nothing in time");
-                return;
-            }
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                },
+                () = idle.expired(limits.header_read_timeout) => {
+                    tracing::debug!(listener = name, %peer, "closing a connection that sent no request in time");
+                }
             }
             drop(permit);
         });
@@ -105,6 +108,74 @@ pub async fn serve<H, Fut>(
             tracing::warn!(listener = name, grace_secs = limits.shutdown_grace.as_secs(), "shutdown grace elapsed; closing the remaining connections");
         }
     }
+}
+
+/// Closes connections that hold no request for too long: one that never
+/// sends a byte, one that trickles its request head (slowloris), and an idle
+/// keep-alive connection. Checked four times per timeout, so a connection
+/// goes between 1 and 1.25 timeouts after its last request.
+#[derive(Debug)]
+struct IdleGuard {
+    in_flight: AtomicUsize,
+    /// When the last request finished (or the connection opened), in
+    /// milliseconds since `epoch()`.
+    idle_since_ms: AtomicU64,
+}
+
+impl IdleGuard {
+    fn new() -> Self {
+        IdleGuard {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(millis_since_epoch()),
+        }
+    }
+
+    /// Completes once no request has been in flight for `timeout`.
+    async fn expired(&self, timeout: Duration) {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut check = tokio::time::interval((timeout / 4).max(Duration::from_millis(1)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            check.tick().await;
+            // In-flight first: seeing the count drop to zero also shows the
+            // idle time its request stored.
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let idle_ms =
+                millis_since_epoch().saturating_sub(self.idle_since_ms.load(Ordering::Acquire));
+            if idle_ms >= timeout_ms {
+                return;
+            }
+        }
+    }
+}
+
+/// One request in flight on a connection; dropped when it is answered (or
+/// abandoned, e.g. an HTTP/2 stream the client reset).
+struct InFlight(Arc<IdleGuard>);
+
+impl InFlight {
+    fn start(guard: &Arc<IdleGuard>) -> Self {
+        guard.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(guard))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .idle_since_ms
+            .store(millis_since_epoch(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Milliseconds since the first call: a cheap, monotonic, shareable clock.
+fn millis_since_epoch() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Completes once `shutdown` is true (or its sender is gone).

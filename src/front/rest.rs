@@ -12,7 +12,7 @@ use super::{
 };
 use crate::domain::{Action, MnpId, PackageKey, PlatformId, RequestId};
 use crate::error::GatewayError;
-use crate::resolver::Lookup;
+use crate::resolver::{Lookup, Served};
 
 /// Handles every path other than `/` and the probes.
 pub async fn handle<B>(
@@ -31,18 +31,28 @@ pub async fn handle<B>(
     log.upstream_ms = resolution.upstream_ms;
     let response = match resolution.outcome {
         Ok(served) => {
-            let mut response = json_response(StatusCode::OK, served.url.rest_body.clone());
+            let mut response = json_response(StatusCode::OK, url_body(&served));
             let headers = response.headers_mut();
             headers.insert(
                 CACHE_CONTROL,
-                seconds(b"max-age=", served.url.fresh_secs_left(received)),
+                seconds(b"max-age=", served.url().fresh_secs_left(received)),
             );
-            headers.insert(AGE, seconds(b"", served.url.age_secs(received)));
+            headers.insert(AGE, seconds(b"", served.url().age_secs(received)));
             response
         }
         Err(e) => error_response(&e, &mut log),
     };
     (response, log)
+}
+
+/// `{"url":<URL>}`, written into one exact allocation.
+fn url_body(served: &Served) -> Bytes {
+    const HEAD: &[u8] = br#"{"url":"#;
+    let mut body = Vec::with_capacity(HEAD.len() + served.url_json_len() + 1);
+    body.extend_from_slice(HEAD);
+    served.write_url_json(&mut body);
+    body.push(b'}');
+    Bytes::from(body)
 }
 
 /// `<head><secs>` as a header value, in one allocation (`format!` and

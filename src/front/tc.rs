@@ -20,7 +20,7 @@ use super::{
 };
 use crate::domain::{Action, MnpId, PackageKey, PlatformId, RequestId};
 use crate::error::GatewayError;
-use crate::resolver::{CacheStatus, Lookup};
+use crate::resolver::{CacheStatus, Lookup, Served};
 
 /// `X-TC-Action`.
 static X_TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
@@ -50,7 +50,7 @@ where
                 .upstream_request_id
                 .as_deref()
                 .unwrap_or(request_id.as_str());
-            json_response(StatusCode::OK, url_body(&served.url.url_json(), answer_id))
+            json_response(StatusCode::OK, url_body(&served, answer_id))
         }
         Err(e) => {
             let answer_id = e
@@ -190,14 +190,22 @@ fn explain_body(body: &[u8]) -> Result<(PlatformId, MnpId), GatewayError> {
     Ok((platform_id, mnp_id))
 }
 
-/// `{"Response":{"Data":{"Data":<url>},"RequestId":<id>}}` from the pre-rendered URL.
-pub fn url_body(url_json: &[u8], request_id: &str) -> Bytes {
+/// `{"Response":{"Data":{"Data":<url>},"RequestId":<id>}}`, in one allocation.
+pub fn url_body(served: &Served, request_id: &str) -> Bytes {
+    envelope(
+        served.url_json_len(),
+        |body| served.write_url_json(body),
+        request_id,
+    )
+}
+
+/// The success envelope around a URL JSON literal that `write_url` appends.
+fn envelope(url_json_len: usize, write_url: impl FnOnce(&mut Vec<u8>), request_id: &str) -> Bytes {
     const HEAD: &[u8] = br#"{"Response":{"Data":{"Data":"#;
     const MID: &[u8] = br#"},"RequestId":"#;
-    let mut body =
-        Vec::with_capacity(HEAD.len() + url_json.len() + MID.len() + request_id.len() + 8);
+    let mut body = Vec::with_capacity(HEAD.len() + url_json_len + MID.len() + request_id.len() + 8);
     body.extend_from_slice(HEAD);
-    body.extend_from_slice(url_json);
+    write_url(&mut body);
     body.extend_from_slice(MID);
     push_json_string(&mut body, request_id);
     body.extend_from_slice(b"}}");
@@ -254,7 +262,8 @@ mod tests {
 
     #[test]
     fn url_body_is_the_upstream_envelope() {
-        let body = url_body(br#""https://x/a?b=1&c=2""#, "rid-1");
+        let url = br#""https://x/a?b=1&c=2""#;
+        let body = envelope(url.len(), |b| b.extend_from_slice(url), "rid-1");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["Response"]["Data"]["Data"], "https://x/a?b=1&c=2");
         assert_eq!(v["Response"]["RequestId"], "rid-1");

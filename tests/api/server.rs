@@ -112,3 +112,17 @@ async fn an_idle_keep_alive_connection_is_closed() {
     .expect("the idle keep-alive connection was kept open");
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
 }
+
+#[tokio::test]
+async fn a_request_slower_than_the_header_timeout_is_still_answered() {
+    let app = spawn_app_with(|s| {
+        s.server.header_read_timeout_ms = 1_000;
+        s.server.request_timeout_ms = 5_000;
+    })
+    .await;
+    app.sim.set_latency(Duration::from_millis(1_800));
+    let answer = app.rest_get("mp-slow-upstream").await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert!(answer.url().is_some());
+    assert_eq!(app.sim.total_calls(), 1);
+}
