@@ -21,7 +21,7 @@ pub async fn handle<B>(
     if let Some((response, _)) = probe(&state, &method, &path) {
         return response;
     }
-    if let Err(e) = state.admin_access.check(peer.ip(), &request) {
+    if let Err(e) = state.admin_access.check(peer.ip(), request.headers()) {
         return error_response(&e);
     }
     if method == Method::GET && path == "/metrics" {

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 
 use crate::access::AccessPolicy;
@@ -115,25 +115,25 @@ where
     // One clock read serves the whole request: freshness, `Age` and the
     // deadline are all taken from the instant it arrived.
     let received = Instant::now();
-    let request_id = RequestId::from_header(request.headers().get(&X_REQUEST_ID));
-    let method = request.method().clone();
-    // The URI is kept for the log line only when that line will be written:
-    // the copy costs an allocation per request.
-    let logged_uri = tracing::enabled!(tracing::Level::INFO).then(|| request.uri().clone());
-    let tc_shape = request.uri().path() == "/";
-    let (mut response, log) = if let Some(probe) = probe(&state, &method, request.uri().path()) {
+    // Split once and passed down by reference: every future on the way holds
+    // (and moves) a pointer instead of its own copy of the request head.
+    let (parts, body) = request.into_parts();
+    let request_id = RequestId::from_header(parts.headers.get(&X_REQUEST_ID));
+    let path = parts.uri.path();
+    let tc_shape = path == "/";
+    let (mut response, log) = if let Some(probe) = probe(&state, &parts.method, path) {
         // Probes answer everyone: kubelets send no token.
         probe
-    } else if let Err(refused) = state.access.check(peer.ip(), &request) {
+    } else if let Err(refused) = state.access.check(peer.ip(), &parts.headers) {
         if tc_shape {
             tc::refuse(&refused, request_id.as_str())
         } else {
             rest::refuse(&refused)
         }
     } else if tc_shape {
-        tc::handle(&state, request, &request_id, received).await
+        tc::handle(&state, &parts, body, &request_id, received).await
     } else {
-        rest::handle(&state, request, &request_id, received).await
+        rest::handle(&state, &parts, &request_id, received).await
     };
     finish(&mut response, &request_id, log.cache);
     let took = received.elapsed();
@@ -145,8 +145,8 @@ where
     tracing::info!(
         request_id = %request_id,
         front = log.front,
-        method = %method,
-        path = logged_uri.as_ref().map(http::Uri::path),
+        method = %parts.method,
+        path,
         action = log.action.map(Action::tc_name),
         key = log.key.as_ref().map(tracing::field::display),
         outcome = log.outcome(),
@@ -224,8 +224,8 @@ pub fn deadline(state: &AppState, received: Instant) -> tokio::time::Instant {
 }
 
 /// `X-TC-Region` when the client sent one.
-pub fn client_region<B>(request: &Request<B>) -> Result<Option<Region>, GatewayError> {
-    match request.headers().get(&X_TC_REGION) {
+pub fn client_region(headers: &HeaderMap) -> Result<Option<Region>, GatewayError> {
+    match headers.get(&X_TC_REGION) {
         None => Ok(None),
         Some(value) => value
             .to_str()
@@ -236,9 +236,8 @@ pub fn client_region<B>(request: &Request<B>) -> Result<Option<Region>, GatewayE
 }
 
 /// True when the client asked to revalidate (`Cache-Control: no-cache`).
-pub fn wants_revalidation<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
+pub fn wants_revalidation(headers: &HeaderMap) -> bool {
+    headers
         .get_all(CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -248,32 +247,52 @@ pub fn wants_revalidation<B>(request: &Request<B>) -> bool {
 }
 
 /// Reads the whole body, refusing more than `limit_bytes`.
-pub async fn read_body<B>(request: Request<B>, limit_bytes: usize) -> Result<Bytes, GatewayError>
+///
+/// Frame by frame rather than with `collect()`: the usual body is one frame,
+/// kept as it is, and the future stays small (every request carries it).
+pub async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit_bytes: usize,
+) -> Result<Bytes, GatewayError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = request
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit_bytes as u64) {
         return Err(GatewayError::BodyTooLarge { limit_bytes });
     }
-    match Limited::new(request.into_body(), limit_bytes)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge { limit_bytes })
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut more: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            GatewayError::InvalidParameter(format!(
+                "could not read the request body: {}",
+                short(&e)
+            ))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if first.len() + more.len() + data.len() > limit_bytes {
+            return Err(GatewayError::BodyTooLarge { limit_bytes });
         }
-        Err(e) => Err(GatewayError::InvalidParameter(format!(
-            "could not read the request body: {}",
-            short(&e)
-        ))),
+        if first.is_empty() && more.is_empty() {
+            first = data;
+        } else {
+            if more.is_empty() {
+                more.extend_from_slice(&first);
+            }
+            more.extend_from_slice(&data);
+        }
     }
+    Ok(if more.is_empty() { first } else { more.into() })
 }
 
 fn short(e: &dyn Display) -> String {

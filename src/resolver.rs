@@ -6,11 +6,15 @@ pub mod url_expiry;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use moka::future::Cache;
+// The sync cache rather than `moka::future`: its `get` is a plain call, where
+// the future cache's is a 700-byte future that every request's future
+// carries and copies; housekeeping runs inline on a `try_lock`, so a hit
+// never waits for it (BENCHMARKS.md).
+use moka::sync::Cache;
 use moka::Expiry;
 
 use crate::domain::{Action, PackageKey, Region, RequestId};
@@ -29,33 +33,55 @@ const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// A package URL ready to be served, with the windows in which it may be.
 ///
-/// One allocation per cached answer (memory per entry: BENCHMARKS.md).
-#[derive(Debug)]
+/// Held inline in the cache entry, with no allocation of its own: 96 bytes,
+/// so that moka's entry around it stays in a 128-byte allocation (memory
+/// per entry: BENCHMARKS.md). A clone is a copy and one reference count.
+#[derive(Clone, Debug)]
 pub struct CachedUrl {
     /// The URL, packed against its key's ids.
     url: PackedUrl,
-    /// When upstream answered it (for `Age`).
-    fetched_at: Instant,
-    // The windows, in milliseconds after `fetched_at` (12 bytes where three
+    /// When upstream answered it (for `Age`), in nanoseconds after `epoch()`:
+    /// 8 bytes where an `Instant` takes 16.
+    fetched_ns: i64,
+    /// Length of the URL's JSON string content, so that an answer is written
+    /// into one exact allocation.
+    json_len: u32,
+    // The windows, in milliseconds after the fetch (12 bytes where three
     // `Instant`s take 48; a window is capped at 49 days).
     fresh_ms: u32,
     stale_ms: u32,
     stale_if_error_ms: u32,
 }
 
+/// The instant cached answers' times count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl CachedUrl {
     /// A URL fetched at `fetched_at` and servable for the given times after it.
     fn new(
         url: PackedUrl,
+        json_len: usize,
         fetched_at: Instant,
         fresh: Duration,
         stale: Duration,
         stale_if_error: Duration,
     ) -> Self {
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let origin = epoch();
+        let fetched_ns = if fetched_at >= origin {
+            ns(fetched_at - origin)
+        } else {
+            // Fetched by another replica before this process started.
+            -ns(origin - fetched_at)
+        };
         CachedUrl {
             url,
-            fetched_at,
+            fetched_ns,
+            json_len: u32::try_from(json_len).unwrap_or(u32::MAX),
             fresh_ms: ms(fresh),
             stale_ms: ms(stale),
             stale_if_error_ms: ms(stale_if_error),
@@ -63,12 +89,18 @@ impl CachedUrl {
     }
 
     fn after_fetch(&self, ms: u32) -> Instant {
-        self.fetched_at + Duration::from_millis(u64::from(ms))
+        self.fetched_at() + Duration::from_millis(u64::from(ms))
     }
 
     /// When upstream answered it.
     pub fn fetched_at(&self) -> Instant {
-        self.fetched_at
+        let origin = epoch();
+        let since = Duration::from_nanos(self.fetched_ns.unsigned_abs());
+        if self.fetched_ns >= 0 {
+            origin + since
+        } else {
+            origin.checked_sub(since).unwrap_or(origin)
+        }
     }
 
     /// Served as a hit until then.
@@ -94,7 +126,7 @@ impl CachedUrl {
 
     /// Seconds since upstream answered it (for `Age`).
     pub fn age_secs(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.fetched_at).as_secs()
+        now.saturating_duration_since(self.fetched_at()).as_secs()
     }
 }
 
@@ -133,12 +165,19 @@ impl From<&CacheSettings> for Lifetimes {
 impl Lifetimes {
     /// The windows of a URL fetched at `now` (Unix `now_unix`), each capped
     /// by the URL's own end minus the margin.
-    fn windows(&self, url: &str, packed: PackedUrl, now: Instant, now_unix: i64) -> CachedUrl {
+    fn windows(
+        &self,
+        url: &str,
+        (packed, json_len): (PackedUrl, usize),
+        now: Instant,
+        now_unix: i64,
+    ) -> CachedUrl {
         let left =
             url_expiry::time_left(url_expiry::url_end_unix(url), now_unix, self.expiry_margin);
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
         CachedUrl::new(
             packed,
+            json_len,
             now,
             cap(self.ttl),
             cap(self.ttl + self.stale),
@@ -151,7 +190,7 @@ impl Lifetimes {
 /// A cheap clone (what moka hands out on a hit).
 #[derive(Clone, Debug)]
 enum CachedAnswer {
-    Url(Arc<CachedUrl>),
+    Url(CachedUrl),
     NotExist(Arc<NotExist>),
 }
 
@@ -188,7 +227,7 @@ impl CacheStatus {
 #[derive(Clone, Debug)]
 pub struct Served {
     /// The URL and its timing.
-    url: Arc<CachedUrl>,
+    url: CachedUrl,
     /// The key it was fetched for (the URL is packed against its ids).
     key: PackageKey,
     /// Upstream's `RequestId` when this request was answered by an upstream call.
@@ -198,9 +237,9 @@ pub struct Served {
 }
 
 impl Served {
-    fn new(url: &Arc<CachedUrl>, key: &PackageKey) -> Self {
+    fn new(url: CachedUrl, key: &PackageKey) -> Self {
         Served {
-            url: Arc::clone(url),
+            url,
             key: key.clone(),
             shared_hit: false,
             upstream_request_id: None,
@@ -214,7 +253,7 @@ impl Served {
 
     /// Length of the URL as a JSON string literal.
     pub fn url_json_len(&self) -> usize {
-        self.url.url.json_len() + 2
+        self.url.json_len as usize + 2
     }
 
     /// Appends the URL as a JSON string literal (quoted, escaped), exactly
@@ -311,6 +350,10 @@ struct FetchPlan {
     /// Attempts after the first.
     retries: u32,
 }
+
+// The entry layout is part of the memory budget (CachedUrl's doc comment):
+// fail the build rather than let it grow unnoticed.
+const _: () = assert!(std::mem::size_of::<CachedAnswer>() <= 96);
 
 /// Per-entry expiry: each answer lives until its last servable instant.
 struct AnswerExpiry;
@@ -444,7 +487,7 @@ impl Resolver {
     pub async fn resolve(self: &Arc<Self>, lookup: Lookup) -> Resolution {
         let now = lookup.received;
         let mut fallback = None;
-        match self.cache.get(&lookup.key).await {
+        match self.cache.get(&lookup.key) {
             Some(CachedAnswer::NotExist(n)) if !lookup.revalidate && now < n.until => {
                 let api = ApiError {
                     request_id: None,
@@ -456,19 +499,16 @@ impl Resolver {
             Some(CachedAnswer::Url(url)) => {
                 if !lookup.revalidate && now < url.fresh_until() {
                     self.metrics.cache_event(CacheEvent::hit);
-                    return Resolution::cached(
-                        Ok(Served::new(&url, &lookup.key)),
-                        CacheStatus::Hit,
-                    );
+                    return Resolution::cached(Ok(Served::new(url, &lookup.key)), CacheStatus::Hit);
                 }
                 if !lookup.revalidate && now < url.stale_until() {
                     self.refresh_in_background(&lookup);
-                    return self.stale(&url, &lookup.key);
+                    return self.stale(url, &lookup.key);
                 }
                 if now < url.stale_if_error_until() {
                     if self.failing.contains_key(&lookup.key) {
                         // Upstream failed for this key moments ago: not again yet.
-                        return self.stale(&url, &lookup.key);
+                        return self.stale(url, &lookup.key);
                     }
                     fallback = Some(url);
                 }
@@ -485,7 +525,7 @@ impl Resolver {
     async fn resolve_miss(
         self: &Arc<Self>,
         lookup: Lookup,
-        fallback: Option<Arc<CachedUrl>>,
+        fallback: Option<CachedUrl>,
     ) -> Resolution {
         let deadline = lookup.deadline;
         let key = lookup.key.clone();
@@ -507,7 +547,7 @@ impl Resolver {
             Ok(joined) => joined,
             Err(e) => {
                 return match fallback {
-                    Some(url) => self.stale(&url, &key),
+                    Some(url) => self.stale(url, &key),
                     None => Resolution::cached(Err(e), CacheStatus::Miss),
                 }
             }
@@ -537,7 +577,7 @@ impl Resolver {
                 tracing::debug!(error = %e, "upstream failed; serving the stale URL");
                 Resolution {
                     upstream_ms,
-                    ..self.stale(&url, &key)
+                    ..self.stale(url, &key)
                 }
             }
             (outcome, _) => Resolution {
@@ -556,7 +596,7 @@ impl Resolver {
         }
     }
 
-    fn stale(&self, url: &Arc<CachedUrl>, key: &PackageKey) -> Resolution {
+    fn stale(&self, url: CachedUrl, key: &PackageKey) -> Resolution {
         self.metrics.cache_event(CacheEvent::stale);
         Resolution::cached(Ok(Served::new(url, key)), CacheStatus::Stale)
     }
@@ -567,7 +607,7 @@ impl Resolver {
         if let Some(fleet) = &self.fleet {
             fleet.evict(key).await;
         }
-        self.cache.remove(key).await.is_some()
+        self.cache.remove(key).is_some()
     }
 
     /// Drops every cached answer (everywhere in fleet mode); returns how many
@@ -580,17 +620,17 @@ impl Resolver {
     }
 
     async fn purge_local(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         let count = self.cache.entry_count();
         self.cache.invalidate_all();
-        self.cache.run_pending_tasks().await;
+        self.cache.run_pending_tasks();
         count
     }
 
     /// Applies an invalidation another replica published.
     pub async fn apply(&self, invalidation: Invalidation) {
         match invalidation {
-            Invalidation::Key(key) => self.cache.invalidate(&key).await,
+            Invalidation::Key(key) => self.cache.invalidate(&key),
             Invalidation::All => {
                 self.purge_local().await;
             }
@@ -703,9 +743,9 @@ impl Resolver {
         if !lookup.revalidate {
             // A call that finished between this request's cache miss and its
             // joining may have just filled the cache: no second upstream call.
-            if let Some(CachedAnswer::Url(url)) = self.cache.get(&lookup.key).await {
+            if let Some(CachedAnswer::Url(url)) = self.cache.get(&lookup.key) {
                 if Instant::now() < url.fresh_until() {
-                    return Ok(Served::new(&url, &lookup.key));
+                    return Ok(Served::new(url, &lookup.key));
                 }
             }
         }
@@ -838,20 +878,21 @@ impl Resolver {
             ))
             .unwrap_or(now);
         let since_fetch = |until: Instant| until.saturating_duration_since(fetched_at);
-        let packed = self.shapes.pack(&json_content(&shared.url), key_ids(key));
-        let cached = Arc::new(CachedUrl::new(
-            packed,
+        let json = json_content(&shared.url);
+        let cached = CachedUrl::new(
+            self.shapes.pack(&json, key_ids(key)),
+            json.len(),
             fetched_at,
             since_fetch(fresh_until),
             since_fetch(at(shared.stale_until_ms)),
             since_fetch(at(shared.stale_if_error_until_ms)),
-        ));
+        );
         self.cache
-            .insert(key.clone(), CachedAnswer::Url(Arc::clone(&cached)))
-            .await;
+            .insert(key.clone(), CachedAnswer::Url(cached.clone()));
+
         Some(Served {
             shared_hit: true,
-            ..Served::new(&cached, key)
+            ..Served::new(cached, key)
         })
     }
 
@@ -863,26 +904,26 @@ impl Resolver {
     ) -> FetchResult {
         match result {
             Ok(FetchedUrl { url, request_id }) => {
-                self.failing.invalidate(key).await;
+                self.failing.invalidate(key);
                 let lifetimes = *self.lifetimes.read().unwrap_or_else(|p| p.into_inner());
-                let packed = self.shapes.pack(&json_content(&url), key_ids(key));
-                let cached =
-                    Arc::new(lifetimes.windows(&url, packed, Instant::now(), unix_now_secs()));
+                let json = json_content(&url);
+                let packed = (self.shapes.pack(&json, key_ids(key)), json.len());
+                let cached = lifetimes.windows(&url, packed, Instant::now(), unix_now_secs());
                 if cached.fresh_until() > cached.fetched_at() {
                     self.cache
-                        .insert(key.clone(), CachedAnswer::Url(Arc::clone(&cached)))
-                        .await;
+                        .insert(key.clone(), CachedAnswer::Url(cached.clone()));
+
                     if let Some(fleet) = &self.fleet {
                         fleet.put_answer(key, &Fleet::share(&cached, url)).await;
                     }
                 } else {
                     // Straight from upstream but already inside the margin:
                     // answered once, never cached.
-                    self.cache.invalidate(key).await;
+                    self.cache.invalidate(key);
                 }
                 Ok(Served {
                     upstream_request_id: request_id,
-                    ..Served::new(&cached, key)
+                    ..Served::new(cached, key)
                 })
             }
             Err(GatewayError::Upstream(api)) if api.code == CODE_PACKAGE_EXPIRED => {
@@ -902,14 +943,14 @@ impl Resolver {
                         api: api.clone(),
                         until: Instant::now() + negative_ttl,
                     }));
-                    self.cache.insert(key.clone(), entry).await;
+                    self.cache.insert(key.clone(), entry);
                 }
                 Err(GatewayError::Upstream(api))
             }
             Err(e) => {
                 if e.allows_stale() {
                     // A good entry is never replaced by an error; the key backs off.
-                    self.failing.insert(key.clone(), ()).await;
+                    self.failing.insert(key.clone(), ());
                 }
                 Err(e)
             }

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AGE, ALLOW, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Method, Request, StatusCode};
+use http::request::Parts;
+use http::{Method, StatusCode};
 
 use super::{
     client_region, json_response, wants_revalidation, AppState, GatewayResponse, RequestLog,
@@ -15,14 +16,14 @@ use crate::error::GatewayError;
 use crate::resolver::{Lookup, Served};
 
 /// Handles every path other than `/` and the probes.
-pub async fn handle<B>(
+pub async fn handle(
     state: &Arc<AppState>,
-    request: Request<B>,
+    request: &Parts,
     request_id: &RequestId,
     received: Instant,
 ) -> (GatewayResponse, RequestLog) {
     let mut log = RequestLog::new("rest");
-    let lookup = match parse(&request, request_id, received, state, &mut log) {
+    let lookup = match parse(request, request_id, received, state, &mut log) {
         Ok(lookup) => lookup,
         Err(e) => return (error_response(&e, &mut log), log),
     };
@@ -80,14 +81,14 @@ pub fn refuse(e: &GatewayError) -> (GatewayResponse, RequestLog) {
     (response, log)
 }
 
-fn parse<B>(
-    request: &Request<B>,
+fn parse(
+    request: &Parts,
     request_id: &RequestId,
     received: Instant,
     state: &AppState,
     log: &mut RequestLog,
 ) -> Result<Lookup, GatewayError> {
-    let path = request.uri().path();
+    let path = request.uri.path();
     let Some((platform, kind, mnp)) = route(path) else {
         return Err(GatewayError::NotFound(format!(
             "no route for {}; see /v1/platforms/{{PlatformId}}/mini-programs/{{MNPId}}/offline-package-url",
@@ -98,10 +99,10 @@ fn parse<B>(
         GatewayError::NotFound("the kind must be mini-programs or mini-games".to_owned())
     })?;
     log.action = Some(action);
-    if request.method() != Method::GET {
+    if request.method != Method::GET {
         return Err(GatewayError::MethodNotAllowed(format!(
             "{} is not allowed here; use GET",
-            request.method()
+            request.method
         )));
     }
     let key = PackageKey {
@@ -112,8 +113,8 @@ fn parse<B>(
     log.key = Some(key.clone());
     Ok(Lookup {
         key,
-        region: client_region(request)?,
-        revalidate: wants_revalidation(request),
+        region: client_region(&request.headers)?,
+        revalidate: wants_revalidation(&request.headers),
         received,
         deadline: super::deadline(state, received),
         request_id: request_id.clone(),

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderName, Method, Request, StatusCode};
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode};
 use hyper::body::Body;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,7 +29,8 @@ static X_TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
 /// Handles `POST /`.
 pub async fn handle<B>(
     state: &Arc<AppState>,
-    request: Request<B>,
+    request: &Parts,
+    body: B,
     request_id: &RequestId,
     received: Instant,
 ) -> (GatewayResponse, RequestLog)
@@ -37,7 +39,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut log = RequestLog::new("tc");
-    let lookup = match parse(state, request, request_id, received, &mut log).await {
+    let lookup = match parse(state, request, body, request_id, received, &mut log).await {
         Ok(lookup) => lookup,
         Err(e) => return (error_response(&e, request_id.as_str(), &mut log), log),
     };
@@ -73,7 +75,8 @@ pub fn refuse(e: &GatewayError, request_id: &str) -> (GatewayResponse, RequestLo
 /// Parses method, action, region and body into a lookup; nothing invalid gets past.
 async fn parse<B>(
     state: &AppState,
-    request: Request<B>,
+    request: &Parts,
+    body: B,
     request_id: &RequestId,
     received: Instant,
     log: &mut RequestLog,
@@ -82,22 +85,22 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if request.method() != Method::POST {
+    if request.method != Method::POST {
         return Err(GatewayError::MethodNotAllowed(
             "the Tencent Cloud API shape takes POST / with a JSON body".to_owned(),
         ));
     }
     let action_name = request
-        .headers()
+        .headers
         .get(&X_TC_ACTION)
         .ok_or(GatewayError::MissingParameter("X-TC-Action"))?
         .to_str()
         .map_err(|_| GatewayError::InvalidAction("X-TC-Action is not ASCII".to_owned()))?;
     let action = Action::from_tc_name(action_name)?;
     log.action = Some(action);
-    let region = client_region(&request)?;
-    let revalidate = wants_revalidation(&request);
-    let body = read_body(request, state.settings.server.max_body_bytes).await?;
+    let region = client_region(&request.headers)?;
+    let revalidate = wants_revalidation(&request.headers);
+    let body = read_body(&request.headers, body, state.settings.server.max_body_bytes).await?;
     let (platform_id, mnp_id) = parse_body(&body)?;
     let key = PackageKey {
         action,

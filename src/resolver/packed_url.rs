@@ -55,8 +55,6 @@ struct Shape {
 pub struct PackedUrl {
     shape: Arc<Shape>,
     values: SmallVec<[u8; INLINE_VALUE_BYTES]>,
-    /// Rendered length, so an answer is written into one exact allocation.
-    json_len: u32,
 }
 
 /// The ids a URL is packed against (those of its cache key).
@@ -146,11 +144,7 @@ impl UrlShapes {
             pieces: pieces.into_boxed_slice(),
         });
         values.shrink_to_fit();
-        PackedUrl {
-            shape,
-            values,
-            json_len: u32::try_from(json.len()).unwrap_or(u32::MAX),
-        }
+        PackedUrl { shape, values }
     }
 
     /// Number of shapes shared at the moment.
@@ -176,11 +170,6 @@ impl UrlShapes {
 }
 
 impl PackedUrl {
-    /// Length of the rendered JSON string content.
-    pub fn json_len(&self) -> usize {
-        self.json_len as usize
-    }
-
     /// Appends the URL's JSON string content, exactly as upstream sent it.
     pub fn write_json(&self, ids: KeyIds<'_>, out: &mut Vec<u8>) {
         let mut text = &self.shape.text[..];
@@ -268,7 +257,6 @@ mod tests {
         let mut out = Vec::new();
         packed.write_json(ids, &mut out);
         assert_eq!(String::from_utf8_lossy(&out), json);
-        assert_eq!(packed.json_len(), json.len());
         packed
     }
 
