@@ -21,6 +21,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target/release/tcsas-gateway")
+# The static musl build the container image ships, when it was built.
+STATIC_GATEWAY = os.path.join(ROOT, "target/x86_64-unknown-linux-musl/release/tcsas-gateway")
 BASELINE = os.path.join(ROOT, "target/release/examples/baseline")
 DURATION = int(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -65,6 +67,19 @@ def rss_kib(pid):
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1])
         except FileNotFoundError:
+            pass
+    return total
+
+
+def cpu_ticks(pid):
+    """User + system CPU ticks of `pid` and its children (nginx workers)."""
+    total = 0
+    for p in [pid] + children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, IndexError, ValueError):
             pass
     return total
 
@@ -144,12 +159,16 @@ end
     return rest, tc
 
 
-def wrk(url, script, connections=CONNECTIONS, duration=DURATION, cores="0", threads=1, extra=None):
+def wrk(url, script, connections=CONNECTIONS, duration=DURATION, cores="0", threads=1, extra=None, server=None):
+    """One wrk run; with `server` (a pid), also the server's CPU time per request."""
     cmd = ["taskset", "-c", cores, "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", script]
     cmd += extra or []
     cmd.append(url)
+    ticks = cpu_ticks(server) if server else 0
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    ticks = cpu_ticks(server) - ticks if server else 0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     lat = {}
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
@@ -157,7 +176,9 @@ def wrk(url, script, connections=CONNECTIONS, duration=DURATION, cores="0", thre
         lat[pct] = value / 1000 if unit == "us" else value if unit == "ms" else value * 1000
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    hz = os.sysconf("SC_CLK_TCK")
     return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"],
+            "cpu_us": ticks * 1e6 / hz / requests if requests and server else 0.0,
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
 
 
@@ -234,7 +255,17 @@ def main():
         stop(sim)
         return
 
-    # Start-up time and idle memory of the measured gateway.
+    # Start-up time and idle memory: first of the static build, if any, then
+    # of the measured gateway (which stays up for the load runs).
+    static = None
+    if os.path.exists(STATIC_GATEWAY):
+        t0 = time.perf_counter()
+        p = spawn([STATIC_GATEWAY], "1", gateway_env(), "gateway-static")
+        wait_http(f"http://127.0.0.1:{GW_ADMIN}/readyz")
+        static_ready_ms = (time.perf_counter() - t0) * 1000
+        time.sleep(0.5)
+        static = (static_ready_ms, rss_kib(p.pid))
+        stop(p)
     t0 = time.perf_counter()
     gw = spawn([GATEWAY], "1", gateway_env(), "gateway")
     wait_http(f"http://127.0.0.1:{GW_ADMIN}/readyz")
@@ -255,17 +286,18 @@ def main():
     assert entries(GW_ADMIN) >= KEYS, "keys not warm"
 
     targets = {
-        "tc": (f"http://127.0.0.1:{GW_PORT}", tc_lua),
-        "rest": (f"http://127.0.0.1:{GW_PORT}", rest_lua),
-        "baseline": (f"http://127.0.0.1:{BASE_PORT}", rest_lua),
-        "nginx": (f"http://127.0.0.1:{NGINX_PORT}", rest_lua),
+        "tc": (f"http://127.0.0.1:{GW_PORT}", tc_lua, gw.pid),
+        "rest": (f"http://127.0.0.1:{GW_PORT}", rest_lua, gw.pid),
+        "baseline": (f"http://127.0.0.1:{BASE_PORT}", rest_lua, base.pid),
+        "nginx": (f"http://127.0.0.1:{NGINX_PORT}", rest_lua, ng.pid),
     }
     runs = {name: [] for name in targets}
     for r in range(ROUNDS):
-        for name, (url, script) in targets.items():
-            result = wrk(url, script)
+        for name, (url, script, pid) in targets.items():
+            result = wrk(url, script, server=pid)
             runs[name].append(result)
             print(f"round {r + 1} {name:8} {result['rps']:>10.0f} req/s  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
+                  f"  server CPU {result['cpu_us']:.2f} µs/req"
                   + (f"  non-2xx {result['non2xx']}" if result["non2xx"] else ""), flush=True)
     loaded_rss = rss_kib(gw.pid)
 
@@ -273,14 +305,15 @@ def main():
         values = sorted(values)
         return values[len(values) // 2]
 
-    summary = {name: {k: median([x[k] for x in rs]) for k in ("rps", "p50_ms", "p99_ms")} for name, rs in runs.items()}
-    base_rps = summary["baseline"]["rps"]
-    nginx_rps = summary["nginx"]["rps"]
+    summary = {name: {k: median([x[k] for x in rs]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us")} for name, rs in runs.items()}
+    bare = summary["baseline"]
+    proxy = summary["nginx"]
     print()
-    print(f"| target | req/s (median of {ROUNDS}) | p50 ms | p99 ms | × bare hyper | × nginx |")
-    print("|---|---|---|---|---|---|")
+    print(f"| target | req/s (median of {ROUNDS}) | p50 ms | p99 ms | × bare hyper | × nginx | server CPU µs/req | bare hyper's CPU ÷ this |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, s in summary.items():
-        print(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['rps'] / base_rps:.2f} | {s['rps'] / nginx_rps:.2f} |")
+        print(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['rps'] / bare['rps']:.2f} | {s['rps'] / proxy['rps']:.2f}"
+              f" | {s['cpu_us']:.2f} | {bare['cpu_us'] / s['cpu_us']:.2f} |")
 
     # p99 at half of the REST front's peak.
     half = max(1, int(summary["rest"]["rps"] / 2))
@@ -288,6 +321,8 @@ def main():
     print()
     print(f"gateway start to ready: {ready_ms:.1f} ms")
     print(f"idle RSS: gateway {idle_rss / 1024:.1f} MB, bare hyper {baseline_idle_rss / 1024:.1f} MB, nginx (all processes) {nginx_idle_rss / 1024:.1f} MB")
+    if static:
+        print(f"static musl build (the container image's): start to ready {static[0]:.1f} ms, idle RSS {static[1] / 1024:.1f} MB")
     print(f"gateway RSS after load (1000 keys): {loaded_rss / 1024:.1f} MB")
     if half_run:
         print(f"REST p99 at half of peak ({half} req/s): {half_run['p99_ms']:.3f} ms")

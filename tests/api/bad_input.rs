@@ -182,3 +182,79 @@ async fn each_bad_rest_request_is_answered_and_reaches_no_upstream() {
     assert_eq!(post.headers()["allow"], "GET");
     assert_eq!(app.sim.total_calls(), 0, "bad input reached upstream");
 }
+
+/// Sends `chunks` as one chunked TC request on a raw connection; returns the
+/// status code and the body.
+async fn chunked_tc_request(app: &TestApp, chunks: &[&[u8]]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: gw\r\nX-TC-Action: {MNP_ACTION}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    // The gateway may answer (and close) before the last chunk is read.
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_whether_declared_or_streamed() {
+    let app = spawn_app_with(|s| s.server.max_body_bytes = 1024).await;
+    // Declared by Content-Length: refused before it is read.
+    let declared = into_answer(
+        app.tc(MNP_ACTION, format!("{:<2000}", tc_body(PLATFORM, "m")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The TC shape answers errors in the envelope, with HTTP 200.
+    assert_eq!(
+        declared.error_code(),
+        Some("RequestSizeLimitExceeded"),
+        "{declared:?}"
+    );
+    // Streamed in chunks with no length: refused once it passes the limit.
+    let piece = [b' '; 600];
+    let (status, body) = chunked_tc_request(&app, &[&piece, &piece, &piece]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""Code":"RequestSizeLimitExceeded""#),
+        "{body}"
+    );
+    assert_eq!(
+        app.sim.total_calls(),
+        0,
+        "an oversized body reached upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole() {
+    let app = spawn_app_with(|s| s.server.max_body_bytes = 1024).await;
+    let body = tc_body(PLATFORM, "mp-in-pieces");
+    let (a, rest) = body.as_bytes().split_at(5);
+    let (b, c) = rest.split_at(20);
+    let (status, answer) = chunked_tc_request(&app, &[a, b, c]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""Data":{"Data":"https://"#), "{answer}");
+    assert_eq!(app.sim.calls_for(PLATFORM, "mp-in-pieces"), 1);
+}
