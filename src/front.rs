@@ -267,8 +267,10 @@ where
         return Err(GatewayError::BodyTooLarge { limit_bytes });
     }
     let mut body = std::pin::pin!(body);
+    let mut len = 0;
+    // The first data frame, until a second one comes; then all of them, joined.
     let mut first = Bytes::new();
-    let mut more: Vec<u8> = Vec::new();
+    let mut joined: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             let e: Box<dyn std::error::Error + Send + Sync> = e.into();
@@ -280,19 +282,27 @@ where
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if first.len() + more.len() + data.len() > limit_bytes {
+        len += data.len();
+        if len > limit_bytes {
             return Err(GatewayError::BodyTooLarge { limit_bytes });
         }
-        if first.is_empty() && more.is_empty() {
-            first = data;
-        } else {
-            if more.is_empty() {
-                more.extend_from_slice(&first);
-            }
-            more.extend_from_slice(&data);
+        if data.is_empty() {
+            continue;
         }
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+            continue;
+        }
+        if joined.is_empty() {
+            joined.extend_from_slice(&std::mem::take(&mut first));
+        }
+        joined.extend_from_slice(&data);
     }
-    Ok(if more.is_empty() { first } else { more.into() })
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.into()
+    })
 }
 
 fn short(e: &dyn Display) -> String {

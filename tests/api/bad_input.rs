@@ -250,9 +250,12 @@ async fn a_body_over_the_limit_is_refused_whether_declared_or_streamed() {
 #[tokio::test]
 async fn a_body_sent_in_pieces_is_read_whole() {
     let app = spawn_app_with(|s| s.server.max_body_bytes = 1024).await;
-    let body = tc_body(PLATFORM, "mp-in-pieces");
-    let (a, rest) = body.as_bytes().split_at(5);
-    let (b, c) = rest.split_at(20);
+    // 1000 bytes in three pieces of 400, 400 and 200, the object across the
+    // first two: only the whole body parses, and it is under the limit.
+    let object = format!("{}{}", " ".repeat(380), tc_body(PLATFORM, "mp-in-pieces"));
+    let body = format!("{object:<1000}");
+    let (a, rest) = body.as_bytes().split_at(400);
+    let (b, c) = rest.split_at(400);
     let (status, answer) = chunked_tc_request(&app, &[a, b, c]).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains(r#""Data":{"Data":"https://"#), "{answer}");
