@@ -957,3 +957,41 @@ impl Resolver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url_fetched_at(fetched_at: Instant) -> CachedUrl {
+        let ids = KeyIds {
+            platform_id: "P1",
+            mnp_id: "m1",
+        };
+        let json = b"https://example.com/P1/m1/v1.zip";
+        let packed = UrlShapes::default().pack(json, ids);
+        let minute = Duration::from_secs(60);
+        CachedUrl::new(
+            packed,
+            json.len(),
+            fetched_at,
+            minute,
+            2 * minute,
+            3 * minute,
+        )
+    }
+
+    #[test]
+    fn a_fetch_time_is_kept_exactly_before_and_after_the_epoch() {
+        let origin = epoch();
+        let later = origin + Duration::from_nanos(1_234_567_891);
+        let url = url_fetched_at(later);
+        assert_eq!(url.fetched_at(), later);
+        assert_eq!(url.fresh_until(), later + Duration::from_secs(60));
+        assert_eq!(url.stale_if_error_until(), later + Duration::from_secs(180));
+        // Another replica's answer, fetched before this process started.
+        if let Some(earlier) = origin.checked_sub(Duration::from_millis(1_500)) {
+            assert_eq!(url_fetched_at(earlier).fetched_at(), earlier);
+            assert_eq!(url_fetched_at(earlier).age_secs(origin), 1);
+        }
+    }
+}
