@@ -172,12 +172,10 @@ pub async fn run(app: App, shutdown: impl Future<Output = ()>) {
     if let Some(fleet) = state.resolver.fleet() {
         background.push(tokio::spawn(Arc::clone(fleet).watch_health()));
         let resolver = Arc::clone(&state.resolver);
-        background.push(tokio::spawn(Arc::clone(fleet).follow_invalidations(
-            move |invalidation| {
-                let resolver = Arc::clone(&resolver);
-                tokio::spawn(async move { resolver.apply(invalidation).await });
-            },
-        )));
+        background
+            .push(tokio::spawn(Arc::clone(fleet).follow_invalidations(
+                move |invalidation| resolver.apply(invalidation),
+            )));
     }
     let (stop, stopped) = watch::channel(false);
     let front_state = Arc::clone(&state);

@@ -62,8 +62,7 @@ fn epoch() -> Instant {
 impl CachedUrl {
     /// A URL fetched at `fetched_at` and servable for the given times after it.
     fn new(
-        url: PackedUrl,
-        json_len: usize,
+        (url, json_len): (PackedUrl, usize),
         fetched_at: Instant,
         fresh: Duration,
         stale: Duration,
@@ -168,7 +167,7 @@ impl Lifetimes {
     fn windows(
         &self,
         url: &str,
-        (packed, json_len): (PackedUrl, usize),
+        packed: (PackedUrl, usize),
         now: Instant,
         now_unix: i64,
     ) -> CachedUrl {
@@ -177,7 +176,6 @@ impl Lifetimes {
         let cap = |d: Duration| left.map_or(d, |left| d.min(left));
         CachedUrl::new(
             packed,
-            json_len,
             now,
             cap(self.ttl),
             cap(self.ttl + self.stale),
@@ -256,19 +254,12 @@ impl Served {
         self.url.json_len as usize + 2
     }
 
-    /// Appends the URL as a JSON string literal (quoted, escaped), exactly
-    /// as upstream sent it.
+    /// Appends the URL as a JSON string literal (quoted, escaped), byte for
+    /// byte as it was when cached.
     pub fn write_url_json(&self, out: &mut Vec<u8>) {
         out.push(b'"');
         self.url.url.write_json(key_ids(&self.key), out);
         out.push(b'"');
-    }
-
-    /// The URL itself.
-    pub fn url_text(&self) -> String {
-        let mut json = Vec::with_capacity(self.url_json_len());
-        self.write_url_json(&mut json);
-        serde_json::from_slice(&json).unwrap_or_default()
     }
 }
 
@@ -596,6 +587,12 @@ impl Resolver {
         }
     }
 
+    /// `url` packed against `key`'s ids, with the length of its JSON form.
+    fn pack(&self, url: &str, key: &PackageKey) -> (PackedUrl, usize) {
+        let json = json_content(url);
+        (self.shapes.pack(&json, key_ids(key)), json.len())
+    }
+
     fn stale(&self, url: CachedUrl, key: &PackageKey) -> Resolution {
         self.metrics.cache_event(CacheEvent::stale);
         Resolution::cached(Ok(Served::new(url, key)), CacheStatus::Stale)
@@ -616,10 +613,10 @@ impl Resolver {
         if let Some(fleet) = &self.fleet {
             fleet.purge_all().await;
         }
-        self.purge_local().await
+        self.purge_local()
     }
 
-    async fn purge_local(&self) -> u64 {
+    fn purge_local(&self) -> u64 {
         self.cache.run_pending_tasks();
         let count = self.cache.entry_count();
         self.cache.invalidate_all();
@@ -628,11 +625,11 @@ impl Resolver {
     }
 
     /// Applies an invalidation another replica published.
-    pub async fn apply(&self, invalidation: Invalidation) {
+    pub fn apply(&self, invalidation: Invalidation) {
         match invalidation {
             Invalidation::Key(key) => self.cache.invalidate(&key),
             Invalidation::All => {
-                self.purge_local().await;
+                self.purge_local();
             }
         }
     }
@@ -878,10 +875,8 @@ impl Resolver {
             ))
             .unwrap_or(now);
         let since_fetch = |until: Instant| until.saturating_duration_since(fetched_at);
-        let json = json_content(&shared.url);
         let cached = CachedUrl::new(
-            self.shapes.pack(&json, key_ids(key)),
-            json.len(),
+            self.pack(&shared.url, key),
             fetched_at,
             since_fetch(fresh_until),
             since_fetch(at(shared.stale_until_ms)),
@@ -889,7 +884,6 @@ impl Resolver {
         );
         self.cache
             .insert(key.clone(), CachedAnswer::Url(cached.clone()));
-
         Some(Served {
             shared_hit: true,
             ..Served::new(cached, key)
@@ -906,13 +900,11 @@ impl Resolver {
             Ok(FetchedUrl { url, request_id }) => {
                 self.failing.invalidate(key);
                 let lifetimes = *self.lifetimes.read().unwrap_or_else(|p| p.into_inner());
-                let json = json_content(&url);
-                let packed = (self.shapes.pack(&json, key_ids(key)), json.len());
+                let packed = self.pack(&url, key);
                 let cached = lifetimes.windows(&url, packed, Instant::now(), unix_now_secs());
                 if cached.fresh_until() > cached.fetched_at() {
                     self.cache
                         .insert(key.clone(), CachedAnswer::Url(cached.clone()));
-
                     if let Some(fleet) = &self.fleet {
                         fleet.put_answer(key, &Fleet::share(&cached, url)).await;
                     }
@@ -971,8 +963,7 @@ mod tests {
         let packed = UrlShapes::default().pack(json, ids);
         let minute = Duration::from_secs(60);
         CachedUrl::new(
-            packed,
-            json.len(),
+            (packed, json.len()),
             fetched_at,
             minute,
             2 * minute,

@@ -124,7 +124,7 @@ fn parse(
 /// `(PlatformId, kind, MNPId)` of `/v1/platforms/{PlatformId}/{kind}/{MNPId}/offline-package-url`.
 fn route(path: &str) -> Option<(&str, &str, &str)> {
     // A byte scan: `split('/')` goes through memchr, which costs more than
-    // it saves on segments this short (BENCHMARKS.md).
+    // it saves on segments this short.
     fn segment(rest: &str) -> Option<(&str, &str)> {
         let slash = rest.bytes().position(|b| b == b'/')?;
         Some((&rest[..slash], &rest[slash + 1..]))

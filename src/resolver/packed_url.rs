@@ -5,7 +5,7 @@
 //! differ in little: the ids (already in the cache key), a version, the
 //! signing window and the signature. Keeping the text around those once per
 //! shape takes an entry's URL from ~330 to ~50 bytes (BENCHMARKS.md), and an
-//! answer is rendered back byte for byte as upstream sent it.
+//! answer is rendered back byte for byte as it was packed.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -49,7 +49,7 @@ struct Shape {
     pieces: Box<[Piece]>,
 }
 
-/// A URL (as the JSON string content upstream sent, escapes included):
+/// A URL (as its JSON string content, escapes included):
 /// its shape and its own values. Rendering needs the key's ids back.
 #[derive(Clone, Debug)]
 pub struct PackedUrl {
@@ -170,7 +170,7 @@ impl UrlShapes {
 }
 
 impl PackedUrl {
-    /// Appends the URL's JSON string content, exactly as upstream sent it.
+    /// Appends the URL's JSON string content, byte for byte as it was packed.
     pub fn write_json(&self, ids: KeyIds<'_>, out: &mut Vec<u8>) {
         let mut text = &self.shape.text[..];
         let mut values = &self.values[..];
